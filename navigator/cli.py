@@ -1,0 +1,79 @@
+"""The ``navigator`` command line (../shared/specs/cli-contract.md).
+
+Each subcommand lives in ``navigator/commands/<name>.py`` and provides ``add_arguments(parser)`` and
+``run(args) -> int``. This module only dispatches and turns errors into the contract's exit codes:
+0 success, 2 bad input (one clear paragraph on stderr, no traceback), 3 clinical check failed, 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from .errors import NavigatorError
+
+COMMANDS = {
+    "rehearse": "a whole simulated procedure on a synthetic patient (the main job)",
+    "tg43": "TG-43 dose-rate table of one seed (commissioning check), CSV on stdout",
+    "dose": "independent dose check of a seed list from any planning system",
+    "plan": "pre-plan: CTV, needles, seeds, dose; plan.json + DICOM RT objects",
+    "register": "rigid registration of the intraop CT (moving) to the pre-plan CT (fixed)",
+    "needles": "find the needles in an intraop CT and compare each with the plan",
+    "deliver": "drive the applicator through the plan's seeds, needle by needle",
+    "postimplant": "find the seeds, compute the delivered dose, cold spots, supplementary seeds",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors are bad input: exit 2 with a clear message
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"navigator: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="navigator", description="CT-guided I-125 seed-implant navigator")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = _command_module(name)
+        if module is not None:
+            module.add_arguments(p)
+        p.set_defaults(_module=name)
+    return parser
+
+
+def _command_module(name: str):
+    try:
+        return importlib.import_module(f"navigator.commands.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"navigator.commands.{name}":
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = _command_module(args._module)
+    if module is None:
+        sys.stderr.write(f"navigator: the '{args._module}' command is not available in this build.\n")
+        return 1
+    try:
+        return int(module.run(args) or 0)
+    except NavigatorError as exc:
+        sys.stderr.write(f"navigator {args._module}: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"navigator {args._module}: interrupted; outputs written so far are kept.\n")
+        return 130
+    except Exception:  # an internal error: keep the traceback for the bug report, say so plainly
+        sys.stderr.write(f"navigator {args._module}: internal error (a bug, please report it with this text):\n")
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
