@@ -59,6 +59,11 @@ _NATIVE_SYNTAXES = {
     "1.2.840.10008.1.2.1": "<",  # explicit VR little endian
     "1.2.840.10008.1.2.2": ">",  # explicit VR big endian (retired, still seen)
 }
+# Type 1 attributes a slice must have to be placed and scaled; a header cut short by truncation lacks them.
+_REQUIRED_KEYWORDS = (
+    "SOPInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+    "Rows", "Columns", "BitsAllocated", "PixelRepresentation",
+)
 # Orientation cosines and direction: how far from unit length / perpendicular / identical counts as wrong.
 _COSINE_TOL = 1e-3
 
@@ -422,6 +427,13 @@ def _load(folder: Path, series_uid: str | None) -> Volume:
             )
     hs = groups[uid]
     _check_series_modality(folder, infos[uid], hs)
+    for h in hs:
+        missing = [kw for kw in _REQUIRED_KEYWORDS if h.ds.get(kw, None) in (None, "")]
+        if missing:
+            raise DicomSeriesError(
+                f"{h.path}: required CT attribute(s) {', '.join(missing)} missing; the file is truncated or "
+                "incomplete; copy or re-export the series again"
+            )
     fors = sorted({_str(h.ds, "FrameOfReferenceUID") for h in hs})
     if len(fors) > 1:
         raise DicomSeriesError(
