@@ -112,6 +112,16 @@ def _ds_list(values) -> list[str]:
     return out
 
 
+def _da(value) -> str:
+    v = str(value or "").strip()
+    return v if len(v) == 8 and v.isdigit() else ""
+
+
+def _tm(value) -> str:
+    v = str(value or "").strip()
+    return v if v[:6].isdigit() and len(v) <= 16 else ""
+
+
 def _now() -> tuple[str, str]:
     now = _dt.datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -135,17 +145,18 @@ def _base_dataset(sop_class_uid: str, sop_instance_uid: str, patient: PatientInf
     ds.InstanceCreationDate = date
     ds.InstanceCreationTime = time
 
-    ds.PatientName = patient.patient_name
-    ds.PatientID = patient.patient_id
-    ds.PatientBirthDate = patient.birth_date
+    # Identity copied from other systems may break VR lengths (real exports do); cut to the VR's maximum.
+    ds.PatientName = str(patient.patient_name)[:64]
+    ds.PatientID = str(patient.patient_id)[:64]
+    ds.PatientBirthDate = _da(patient.birth_date)
     ds.PatientSex = patient.sex
 
     ds.StudyInstanceUID = patient.study_uid
-    ds.StudyDate = patient.study_date
-    ds.StudyTime = patient.study_time
-    ds.ReferringPhysicianName = patient.referring_physician
-    ds.StudyID = patient.study_id
-    ds.AccessionNumber = patient.accession
+    ds.StudyDate = _da(patient.study_date)
+    ds.StudyTime = _tm(patient.study_time)
+    ds.ReferringPhysicianName = str(patient.referring_physician)[:64]
+    ds.StudyID = str(patient.study_id)[:16]
+    ds.AccessionNumber = str(patient.accession)[:16]
 
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
@@ -230,7 +241,9 @@ def write_ct_series(volume: Volume, out_dir, patient: PatientInfo | None = None,
     ImageLaterality U instead).
 
     Side effects (so structures and doses can reference the slices): sets ``volume.meta["sop_instance_uids"]``
-    (k order) and ``volume.series_uid`` / ``study_uid`` / ``frame_of_reference_uid`` where empty.
+    (k order) and ``volume.series_uid`` / ``study_uid`` / ``frame_of_reference_uid`` where empty. The series
+    UID is ``series_uid``, else the volume's own: pass ``series_uid=new_uid()`` when re-exporting a changed
+    copy of a loaded series.
     Returns the written paths in k order.
     """
     if volume.array.ndim != 3:
@@ -351,7 +364,8 @@ def write_rtstruct(path, ct: Volume, structures: dict, patient: PatientInfo | No
     Closed polygons (N >= 3) are CLOSED_PLANAR and reference the CT slice whose plane they lie in (within
     0.05 mm; ``ct.meta["sop_instance_uids"]``); ROIs typed MARKER / CONTROL / BRACHY_CHANNEL (needle tracks given
     as 2-point lines) and any 2-point contour are OPEN_NONPLANAR; single points are POINT.
-    ``roi_types``: ``{name: RTROIInterpretedType}`` (default ORGAN; e.g. GTV, CTV, PTV, AVOIDANCE, MARKER).
+    ``roi_types``: ``{name: RTROIInterpretedType}`` (else the Structure's ``roi_type``, else ORGAN; e.g. GTV,
+    CTV, PTV, AVOIDANCE, MARKER, BRACHY_CHANNEL). ROI numbers are 1..n in the order of ``structures``.
     ``colors``: ``{name: (r, g, b)}`` 0-255. Returns the path; the SOP Instance UID is ``sop_instance_uid``
     (generated if None; read it back with ``pydicom.dcmread(path).SOPInstanceUID``).
     """
@@ -386,7 +400,7 @@ def write_rtstruct(path, ct: Volume, structures: dict, patient: PatientInfo | No
     lookup = _slice_lookup(ct)
     roi_seq, contour_seq, obs_seq = [], [], []
     for number, (name, value) in enumerate(structures.items(), start=1):
-        roi_type = roi_types.get(name, "ORGAN")
+        roi_type = roi_types.get(name) or str(getattr(value, "roi_type", "") or "ORGAN").upper()
         contours = _contours_of(value)
         roi = Dataset()
         roi.ROINumber = number

@@ -286,3 +286,59 @@ def test_read_rtdose_refuses_other_objects(ct_written):
         read_rtdose(paths[0])
     with pytest.raises(InputError, match="cannot read"):
         read_rtdose(Path(paths[0]).with_name("missing.dcm"))
+
+
+# --- the product's own readers (dicom_ct, structures) read what we write -----------------------------------
+def test_ct_series_loads_back_with_load_ct_series(ct_written):
+    from navigator.dicom_ct import load_ct_series
+
+    ct, patient, paths = ct_written
+    back = load_ct_series(paths[0].parent)
+    assert (back.series_uid, back.frame_of_reference_uid, back.study_uid) == \
+        (ct.series_uid, ct.frame_of_reference_uid, ct.study_uid)
+    assert back.meta["patient_position"] == "FFS" and back.meta["PatientSex"] == "F"
+    np.testing.assert_allclose(back.spacing_mm, SPACING, atol=1e-6)
+    kk, jj, ii = np.indices(ct.array.shape)
+    ijk = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1)
+    t = np.rint(back.lps_to_ijk(ct.ijk_to_lps(ijk))).astype(int)
+    np.testing.assert_allclose(back.ijk_to_lps(t), ct.ijk_to_lps(ijk), atol=1e-4)
+    np.testing.assert_array_equal(back.array[t[:, 2], t[:, 1], t[:, 0]], np.rint(ct.array).ravel())
+    # the loader's slice order and ours name the same instances at the same positions
+    ours = dict(zip(ct.meta["sop_instance_uids"], [ct.ijk_to_lps([0, 0, k]) for k in range(len(paths))]))
+    for k, uid in enumerate(back.meta["sop_instance_uids"]):
+        np.testing.assert_allclose(ours[uid], back.ijk_to_lps([0, 0, k]), atol=1e-4)
+
+
+def test_real_feet_first_series_survives_a_rewrite(ibsi_dir, tmp_path):
+    from navigator.dicom_ct import load_ct_series
+
+    real = load_ct_series(ibsi_dir / "STS_004" / "ct")
+    assert real.meta["patient_position"] == "FFS"
+    paths = write_ct_series(real, tmp_path / "ct", series_uid=new_uid(), patient_position="FFS")
+    # (StudyID of this export is 17 characters, over SH's 16: the writer cuts it rather than write bad DICOM)
+    assert dciodvfy(paths[0])[0] == [] and dciodvfy(paths[-1])[0] == []
+    again = load_ct_series(tmp_path / "ct")
+    np.testing.assert_allclose(again.origin_mm, real.origin_mm, atol=1e-4)
+    np.testing.assert_allclose(again.spacing_mm, real.spacing_mm, atol=1e-5)
+    np.testing.assert_allclose(again.direction, real.direction, atol=1e-6)
+    np.testing.assert_array_equal(again.array, real.array)
+    assert again.frame_of_reference_uid == real.frame_of_reference_uid and again.patient_id == real.patient_id
+
+
+def test_rtstruct_reads_back_with_read_structure_set(ct_written, tmp_path):
+    from navigator.structures import read_structure_set
+
+    ct, patient, _ = ct_written
+    zs = [ct.ijk_to_lps([0, 0, k])[2] for k in range(ct.array.shape[0])]
+    gtv = [_square(zs[k]) for k in (4, 5, 6)]
+    path = write_rtstruct(tmp_path / "RS.dcm", ct, {"GTV": gtv, "N1": [np.array([[0, 0, zs[5]], [0, 20, zs[5]]])]},
+                          patient, roi_types={"GTV": "GTV", "N1": "BRACHY_CHANNEL"})
+    back = read_structure_set(path, ct)
+    assert back["GTV"].roi_type == "GTV" and back["GTV"].number == 1
+    assert len(back["GTV"].contours) == 3
+    for a, b in zip(back["GTV"].contours, gtv):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert back["N1"].contours == [] and back["N1"].skipped_contours == 1  # a needle track is not a polygon
+    # and a Structure read back writes out again unchanged
+    path2 = write_rtstruct(tmp_path / "RS2.dcm", ct, {"GTV": back["GTV"]}, patient)
+    assert read_structure_set(path2, ct)["GTV"].roi_type == "GTV"
