@@ -288,7 +288,7 @@ def _geometry(folder: Path, hs: list[_Header]):
         ratios = steps[bad] / median_step
         if np.all((np.abs(ratios - np.round(ratios)) * median_step <= tol) & (np.round(ratios) >= 2)):
             gaps = ", ".join(
-                f"{int(round(r)) - 1} between {s_sorted[g]:.2f} and {s_sorted[g + 1]:.2f} mm"
+                f"{int(round(r)) - 1} missing between {s_sorted[g]:.2f} and {s_sorted[g + 1]:.2f} mm"
                 for g, r in zip(bad[:5], ratios[:5])
             )
             raise DicomSeriesError(

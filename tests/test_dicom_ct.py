@@ -206,7 +206,7 @@ def test_refuses_missing_folder_file_and_empty_folder(tmp_path):
 def test_refuses_missing_slice(tmp_path):
     files = _copy("STS_001", tmp_path)
     files[3].unlink()
-    _refused(tmp_path, r"missing slices.*3\.270 mm.*1 between .* mm.*complete series")
+    _refused(tmp_path, r"missing slices.*3\.270 mm.*1 missing between -809\.38 and -802\.84 mm.*complete series")
 
 
 def test_refuses_non_uniform_spacing(tmp_path):
