@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from .dicom_write import (CT_IMAGE_STORAGE, RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, PatientInfo, _base_dataset,
-                          _ds, _ds_list, _now, _ref, _save, new_uid)
+                          _ds, _now, _prechecked, _ref, _save, new_uid)
 from .errors import PlanError
 from .image import Volume
 from .plan import Needle, Plan, PlannedSeed
@@ -63,6 +63,7 @@ _HOLE_RE = re.compile(r"^[A-Za-z]{1,2}\s?-?\d{1,2}(\.5)?$")
 
 
 # --- export ---------------------------------------------------------------------------------------------
+@_prechecked
 def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInfo | None = None,
                  template: dict | None = None, reference_date: str | None = None, label: str = "",
                  structure_set_sop_uid: str | None = None, target_roi_number: int | None = None,
@@ -360,12 +361,16 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
 
     needles_info = []  # (needle_id, hole, channels, seeds [(id or None, pos)], exact (entry, tip) or None)
     used_ids: set = set()
-    for key, chs in groups.items():
+    for g_index, (key, chs) in enumerate(groups.items(), start=1):
         first = chs[0]
         app_id = str(first.get("SourceApplicatorID", "") or "").strip()
         name = str(first.get("SourceApplicatorName", "") or "").strip()
-        hole = app_id if app_id and _HOLE_RE.match(app_id) else None
-        nid = name or (app_id if app_id and hole is None else "") or f"N{key[1]}"
+        if name:  # our layout: the name is the needle id, the applicator id its template hole
+            hole = app_id or None
+            nid = name
+        else:  # elsewhere the applicator id may be a hole ("C4") or a needle label ("Needle 3")
+            hole = app_id if app_id and _HOLE_RE.match(app_id) else None
+            nid = (app_id if app_id and hole is None else "") or f"N{key[1] if key[0] != 'id' else g_index}"
         while nid in used_ids:
             nid = f"{nid}'"
         used_ids.add(nid)
@@ -383,6 +388,10 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
         raise PlanError(f"{path}: RT Plan channels hold no seed positions (no time weight anywhere); "
                         "re-export the plan with its seeds")
 
+    dropped = [n["id"] for n in needles_info if n["exact"] is None and not n["seeds"]]
+    if dropped:
+        notes.append(f"needle(s) {dropped} have no seeds and no geometry in the file; left out")
+        needles_info = [n for n in needles_info if n["id"] not in dropped]
     _estimate_needles(needles_info, notes)
     needles, seeds = [], []
     seed_ids: set = set()

@@ -311,6 +311,15 @@ def test_unusable_plans_are_refused_with_a_reason(tmp_path, kwargs, message):
         read_rtplan(foreign_plan(tmp_path, seeds, **kwargs))
 
 
+def test_foreign_channel_without_seeds_is_left_out_with_a_note(tmp_path):
+    p = np.array([3.0, 4.0, 5.0])
+    channels = [([(p, 0.0), (p, 1.0)], {"SourceApplicatorID": "B2"}),
+                ([(np.zeros(3), 0.0), (np.ones(3), 0.0)], {"SourceApplicatorID": "B3"})]
+    plan = read_rtplan(foreign_plan(tmp_path, channels))
+    assert [(n.id, n.hole) for n in plan.needles] == [("N1", "B2")]
+    assert any("no seeds" in note for note in plan.extra["import_notes"])
+
+
 def test_plans_without_channels_or_seeds_are_refused(tmp_path):
     with pytest.raises(PlanError, match="no channels"):
         read_rtplan(foreign_plan(tmp_path, [], name="a.dcm"))
