@@ -56,7 +56,7 @@ class SeedFindingSettings:
     seed_diameter_mm: float = SEED_DIAMETER_MM
     window_mm: float = 1.5                # integration window: component dilated by this much
     scanner_blur_sigma_mm: float = 0.35   # in-plane point-spread sigma besides the voxel size
-    slice_profile: str = "gaussian"       # "gaussian" (FWHM = slice thickness, helical CT) or "box"
+    slice_profile: str = "box"            # "box" (whole slice averaged, as our phantoms) or "gaussian" (FWHM = thickness)
     min_fraction_of_seed: float = 0.4     # a blob with less than this fraction of one seed's integral is noise
     max_seeds_per_blob: int = 12          # more than this in one blob: not seeds (bone, a clip, a wire)
     thick_slice_mm: float = 2.0           # slices at least this thick use the slice-profile z fit
@@ -558,7 +558,10 @@ def _refine_z_thick(recs, dz, thickness, s, sweeps: int = 3) -> None:
                 sse = ((S[None, :] - np.einsum("cki,ci->ck", X, beta)) ** 2).sum(1)
                 sse[beta[:, 0] <= 0] = np.inf
                 if np.isfinite(sse).any():
-                    z_new = float(cand[int(np.argmin(sse))])
+                    # a box profile leaves z flat inside a slice: take the middle of the equally good range
+                    best = float(np.min(sse))
+                    tie = sse <= best + 1e-3 * float((S * S).sum()) + 1e-9
+                    z_new = float(cand[tie].mean())
                     moved = max(moved, abs(z_new - r["c"][2]))
                     r["c"][2] = z_new
             if moved < 0.05:
