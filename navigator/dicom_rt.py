@@ -27,7 +27,6 @@ estimate named in ``plan.extra["import_notes"]`` (see ``_estimate_needles``).
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import re
 from pathlib import Path
@@ -37,7 +36,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from .dicom_write import (CT_IMAGE_STORAGE, RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, PatientInfo, _base_dataset,
+from .dicom_write import (RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, PatientInfo, _base_dataset,
                           _ds, _now, _prechecked, _ref, _save, new_uid)
 from .errors import PlanError
 from .image import Volume

@@ -601,7 +601,15 @@ def read_rtdose(path) -> Volume:
     )
 
 
-from .dicom_rt import read_rtplan, write_rtplan  # noqa: E402  (re-exported; dicom_rt imports the helpers above)
+def __getattr__(name):
+    # write_rtplan / read_rtplan live in dicom_rt (which imports the helpers above); resolved lazily so either
+    # module can be imported first.
+    if name in ("write_rtplan", "read_rtplan"):
+        from . import dicom_rt
+
+        return getattr(dicom_rt, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["new_uid", "PatientInfo", "write_ct_series", "write_rtstruct", "write_rtdose", "read_rtdose",
            "write_rtplan", "read_rtplan"]
