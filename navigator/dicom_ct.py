@@ -97,7 +97,7 @@ class SeriesInfo:
 @dataclass
 class _Header:
     path: Path
-    ds: pydicom.Dataset  # read with stop_before_pixels
+    ds: pydicom.Dataset  # read with defer_size: PixelData comes from the file on first access
 
 
 # --- folder scan --------------------------------------------------------------------------------------------
@@ -120,7 +120,8 @@ def _candidate_files(folder: Path) -> list[Path]:
 
 def _read_header(path: Path) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        # Large values (PixelData) are not read now but from the file when first used: one parse per file.
+        return pydicom.dcmread(path, defer_size="64 KB")
     except InvalidDicomError as exc:
         raise DicomSeriesError(
             f"{path}: not a readable DICOM file ({exc}); remove it from the folder or re-export the series"
@@ -328,13 +329,7 @@ def _geometry(folder: Path, hs: list[_Header]):
 # --- pixels -------------------------------------------------------------------------------------------------
 def _pixels(h: _Header, rows: int, cols: int) -> np.ndarray:
     """Stored values of one slice as float32 HU (rescale applied), shape (rows, cols)."""
-    try:
-        ds = pydicom.dcmread(h.path)
-    except Exception as exc:
-        raise DicomSeriesError(
-            f"{h.path}: pixel data cannot be read ({type(exc).__name__}: {exc}); the file is damaged or "
-            "truncated; copy or re-export the series again"
-        ) from None
+    ds = h.ds
     if "PixelData" not in ds:
         raise DicomSeriesError(f"{h.path}: no PixelData (7FE0,0010); the file holds no image; re-export the series")
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -347,7 +342,13 @@ def _pixels(h: _Header, rows: int, cols: int) -> np.ndarray:
     n = rows * cols
     if syntax in _NATIVE_SYNTAXES and bits in (8, 16, 32):
         dtype = np.dtype(f"{_NATIVE_SYNTAXES[syntax]}{'i' if signed else 'u'}{bits // 8}")
-        raw = ds.PixelData
+        try:
+            raw = ds.PixelData
+        except Exception as exc:
+            raise DicomSeriesError(
+                f"{h.path}: pixel data cannot be read ({type(exc).__name__}: {exc}); the file is damaged, "
+                "truncated or was changed while loading; copy or re-export the series again"
+            ) from None
         if len(raw) < n * dtype.itemsize:
             raise DicomSeriesError(
                 f"{h.path}: pixel data has {len(raw)} bytes but Rows x Columns x {bits} bits needs "
