@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from .dicom_write import (RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, PatientInfo, _base_dataset,
-                          _ds, _now, _prechecked, _ref, _save, new_uid)
+                          _ds, _now, _prechecked, _ref, _save, _uid)
 from .errors import PlanError
 from .image import Volume
 from .plan import Needle, Plan, PlannedSeed
@@ -67,7 +67,8 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
                  template: dict | None = None, reference_date: str | None = None, label: str = "",
                  structure_set_sop_uid: str | None = None, target_roi_number: int | None = None,
                  reference_time: str = "120000", sop_instance_uid: str | None = None,
-                 needle_roi_numbers: dict | None = None, series_number: int = 4) -> tuple[Path, str]:
+                 needle_roi_numbers: dict | None = None, series_number: int = 4,
+                 uid_seed: str | None = None) -> tuple[Path, str]:
     """Write ``plan`` as an RT Plan (BrachyTreatmentTechnique PERMANENT, BrachyTreatmentType LDR).
 
     ``reference_date``/``reference_time``: when the seeds had ``plan.seed_sk_u`` (default today, 12:00).
@@ -77,6 +78,7 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     ``target_roi_number``: the target's ROI number in that structure set (prescription to a VOLUME; else a SITE).
     ``needle_roi_numbers``: ``{needle_id: ROI number}`` of the needle tracks (BRACHY_CHANNEL ROIs) in that
     structure set; each channel then references its needle's ROI (else the reference is left empty).
+    ``uid_seed``: derive generated UIDs from this string (reproducible simulator output).
     Returns (path, SOP Instance UID) — give the UID to ``write_rtdose(plan_sop_uid=...)``.
     """
     if not plan.seeds and not plan.needles:
@@ -96,8 +98,9 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
         raise PlanError(f"reference_date {reference_date!r} is not YYYYMMDD; give the seed calibration date")
     mean_life_s = I125_HALF_LIFE_D / math.log(2) * 86400.0
 
-    sop_uid = sop_instance_uid or new_uid()
-    ds = _base_dataset(RT_PLAN_STORAGE, sop_uid, patient, "RTPLAN", new_uid(), series_number)
+    sop_uid = sop_instance_uid or _uid(uid_seed, "rtplan")
+    ds = _base_dataset(RT_PLAN_STORAGE, sop_uid, patient, "RTPLAN", _uid(uid_seed, f"series/{series_number}"),
+                       series_number)
     ds.OperatorsName = ""
     ds.FrameOfReferenceUID = plan.frame_of_reference_uid or patient.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
@@ -122,7 +125,7 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     # RT Prescription
     dref = Dataset()
     dref.DoseReferenceNumber = 1
-    dref.DoseReferenceUID = new_uid()
+    dref.DoseReferenceUID = _uid(uid_seed, "rtplan/doseref")
     if target_roi_number is not None and structure_set_sop_uid:
         dref.DoseReferenceStructureType = "VOLUME"
         dref.ReferencedROINumber = int(target_roi_number)

@@ -53,6 +53,11 @@ def new_uid(seed: str | None = None) -> str:
     return generate_uid(entropy_srcs=[str(seed)])
 
 
+def _uid(uid_seed: str | None, part: str) -> str:
+    """A fresh UID, or with ``uid_seed`` (writers' option, for reproducible simulator output) a seeded one."""
+    return new_uid(f"{uid_seed}/{part}") if uid_seed else new_uid()
+
+
 @dataclass
 class PatientInfo:
     """Patient and study identity shared by every object of one export."""
@@ -259,7 +264,8 @@ def _hu_rescale(hu: np.ndarray) -> tuple[float, float]:
 def write_ct_series(volume: Volume, out_dir, patient: PatientInfo | None = None, series_uid: str | None = None,
                     series_description: str = "", patient_position: str = "HFS",
                     slice_thickness_mm: float | None = None, kvp: float = 120, series_number: int = 1,
-                    file_names: str = "uid", body_part: str | None = None) -> list[Path]:
+                    file_names: str = "uid", body_part: str | None = None,
+                    uid_seed: str | None = None) -> list[Path]:
     """Write ``volume`` (HU) as a CT Image Storage series, one file per k slice, into ``out_dir``.
 
     Pixels are int16 with RescaleSlope/Intercept (slope 1, intercept 0 unless the HU range needs more);
@@ -267,7 +273,7 @@ def write_ct_series(volume: Volume, out_dir, patient: PatientInfo | None = None,
     pointing to -z (feet-first, descending order) is written as such. File names are the SOP Instance
     UIDs (``file_names="uid"``, not in k order, like many scanners) or ``CT_0001.dcm`` (``"index"``).
     ``body_part``: BodyPartExamined (default ``volume.meta["BodyPartExamined"]`` or NECK; "" writes
-    ImageLaterality U instead).
+    ImageLaterality U instead). ``uid_seed``: derive the generated UIDs from this string (reproducible output).
 
     Side effects (so structures and doses can reference the slices): sets ``volume.meta["sop_instance_uids"]``
     (k order) and ``volume.series_uid`` / ``study_uid`` / ``frame_of_reference_uid`` where empty. The series
@@ -281,7 +287,7 @@ def write_ct_series(volume: Volume, out_dir, patient: PatientInfo | None = None,
     _fill_identity(volume, patient)
     if body_part is None:
         body_part = str((volume.meta or {}).get("BodyPartExamined", "NECK") or "")
-    series_uid = series_uid or volume.series_uid or new_uid()
+    series_uid = series_uid or volume.series_uid or _uid(uid_seed, f"series/{series_number}")
     volume.series_uid = series_uid
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +307,7 @@ def write_ct_series(volume: Volume, out_dir, patient: PatientInfo | None = None,
     pixel_spacing = [_ds(volume.spacing_mm[1]), _ds(volume.spacing_mm[0])]  # (row step, column step)
     date, time = _now()
 
-    uids = [new_uid() for _ in range(nk)]
+    uids = [_uid(uid_seed, f"{series_uid}/{k}") for k in range(nk)]
     paths = []
     for k in range(nk):
         ds = _base_dataset(CT_IMAGE_STORAGE, uids[k], patient, "CT", series_uid, series_number,
@@ -387,7 +393,7 @@ def _slice_lookup(ct: Volume):
 def write_rtstruct(path, ct: Volume, structures: dict, patient: PatientInfo | None = None,
                    roi_types: dict | None = None, colors: dict | None = None, label: str = "",
                    series_description: str = "", sop_instance_uid: str | None = None,
-                   series_number: int = 2) -> Path:
+                   series_number: int = 2, uid_seed: str | None = None) -> Path:
     """Write an RT Structure Set for ``ct`` (LPS mm polygons in the CT's frame of reference).
 
     ``structures``: ``{name: [(N, 3) polygons]}`` or ``{name: Structure}`` (anything with ``.contours``).
@@ -396,16 +402,16 @@ def write_rtstruct(path, ct: Volume, structures: dict, patient: PatientInfo | No
     as 2-point lines) and any 2-point contour are OPEN_NONPLANAR; single points are POINT.
     ``roi_types``: ``{name: RTROIInterpretedType}`` (else the Structure's ``roi_type``, else ORGAN; e.g. GTV,
     CTV, PTV, AVOIDANCE, MARKER, BRACHY_CHANNEL). ROI numbers are 1..n in the order of ``structures``.
-    ``colors``: ``{name: (r, g, b)}`` 0-255. Returns the path; the SOP Instance UID is ``sop_instance_uid``
+    ``colors``: ``{name: (r, g, b)}`` 0-255. ``uid_seed``: derive generated UIDs from it. Returns the path; the SOP Instance UID is ``sop_instance_uid``
     (generated if None; read it back with ``pydicom.dcmread(path).SOPInstanceUID``).
     """
     roi_types = {k: str(v).upper() for k, v in (roi_types or {}).items()}
     colors = colors or {}
     patient = patient or PatientInfo.from_volume(ct)
     _fill_identity(ct, patient)
-    sop_uid = sop_instance_uid or new_uid()
-    ds = _base_dataset(RT_STRUCTURE_SET_STORAGE, sop_uid, patient, "RTSTRUCT", new_uid(), series_number,
-                       series_description)
+    sop_uid = sop_instance_uid or _uid(uid_seed, "rtstruct")
+    ds = _base_dataset(RT_STRUCTURE_SET_STORAGE, sop_uid, patient, "RTSTRUCT",
+                       _uid(uid_seed, f"series/{series_number}"), series_number, series_description)
     ds.OperatorsName = ""
     ds.InstanceNumber = 1
     date, time = _now()
@@ -480,7 +486,8 @@ def write_rtstruct(path, ct: Volume, structures: dict, patient: PatientInfo | No
 @_prechecked
 def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientInfo | None = None,
                  plan_sop_uid: str | None = None, summation: str = "PLAN", comment: str = "",
-                 bits: int = 32, sop_instance_uid: str | None = None, series_number: int = 3) -> Path:
+                 bits: int = 32, sop_instance_uid: str | None = None, series_number: int = 3,
+                 uid_seed: str | None = None) -> Path:
     """Write a dose grid (Gy, (k, j, i), LPS geometry of ``dose``) as a multi-frame RT Dose.
 
     Pixels are unsigned ``bits`` (32 or 16) integers; DoseGridScaling is chosen so the maximum dose uses the
@@ -491,6 +498,7 @@ def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientI
     DICOM requires a ReferencedRTPlanSequence for every summation type; give ``plan_sop_uid`` (the RT Plan
     written by ``write_rtplan``). Without one a fresh UID is referenced and the DoseComment (LO, 64 chars)
     says that no RT Plan object exists for it (e.g. a dose recomputed from a seed list).
+    ``uid_seed``: derive generated UIDs from this string (reproducible output).
     """
     if bits not in (16, 32):
         raise ValueError(f"bits must be 16 or 32, got {bits}")
@@ -515,8 +523,9 @@ def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientI
         scaling = float(_ds(scaling * (1 + 1e-7)))
     stored = np.rint(dose_gy / scaling).astype("<u4" if bits == 32 else "<u2")
 
-    sop_uid = sop_instance_uid or new_uid()
-    ds = _base_dataset(RT_DOSE_STORAGE, sop_uid, patient, "RTDOSE", new_uid(), series_number)
+    sop_uid = sop_instance_uid or _uid(uid_seed, "rtdose")
+    ds = _base_dataset(RT_DOSE_STORAGE, sop_uid, patient, "RTDOSE", _uid(uid_seed, f"series/{series_number}"),
+                       series_number)
     ds.OperatorsName = ""
     ds.FrameOfReferenceUID = dose.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
@@ -546,7 +555,7 @@ def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientI
     ds.TissueHeterogeneityCorrection = "WATER"
     ds.DoseGridScaling = _ds(scaling)
     if plan_sop_uid is None:
-        plan_sop_uid = new_uid()
+        plan_sop_uid = _uid(uid_seed, "rtdose/plan")
         comment = f"{comment}; no RT Plan object for this plan UID" if comment else \
             "seed-list dose; no RT Plan object for this plan UID"
     ds.ReferencedRTPlanSequence = Sequence([_ref(RT_PLAN_STORAGE, plan_sop_uid)])

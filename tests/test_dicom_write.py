@@ -58,6 +58,19 @@ def test_new_uid_is_valid_and_deterministic_from_a_seed():
     assert pydicom.uid.UID(new_uid("x")).is_valid
 
 
+def test_uid_seed_makes_a_series_reproducible(tmp_path):
+    runs = []
+    for run in ("a", "b"):
+        ct = make_ct(shape=(3, 6, 5))
+        ct.study_uid, ct.frame_of_reference_uid = "1.2.3.4", "1.2.3.5"
+        write_ct_series(ct, tmp_path / run, uid_seed="case-7/seed-3")
+        runs.append((ct.series_uid, ct.meta["sop_instance_uids"]))
+    assert runs[0] == runs[1] and len(set(runs[0][1])) == 3
+    other = make_ct(shape=(3, 6, 5))
+    write_ct_series(other, tmp_path / "c", uid_seed="case-7/seed-4")
+    assert other.series_uid != runs[0][0] and not set(other.meta["sop_instance_uids"]) & set(runs[0][1])
+
+
 def test_patient_info_from_volume_reads_identity_and_meta():
     ct = make_ct()
     ct.study_uid = "1.2.3.4"
