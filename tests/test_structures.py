@@ -355,6 +355,10 @@ def test_margin_on_anisotropic_voxels_gives_the_analytic_radius():
     assert abs(r_equiv - big) <= half_vox  # measured: +0.2 mm (a centre-to-centre EDT gives -0.36 mm)
     assert not ctv[d > big + 0.5 * spacing.max()].any()
     assert ctv[d <= big].mean() > 0.99  # (nearly) nothing of the true CTV is missed
+    centre = expand_margin(gtv, grid, margin, rule="centre")
+    assert not centre[d > big + 1e-6].any() and centre.sum() < ctv.sum()  # the plain dilation never overshoots
+    r_centre = (3 * mask_volume_cc(centre, grid) * 1000 / (4 * np.pi)) ** (1 / 3)
+    assert abs(r_centre - big) <= half_vox
     shrunk = shrink_margin(ctv, grid, margin)
     assert abs((3 * mask_volume_cc(shrunk, grid) * 1000 / (4 * np.pi)) ** (1 / 3) - r) <= 0.5 * spacing.max()
 
