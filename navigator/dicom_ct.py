@@ -392,9 +392,9 @@ def load_ct_series(path, series_uid: str | None = None) -> Volume:
     Identity: ``frame_of_reference_uid``, ``series_uid``, ``study_uid``, ``patient_id``, ``patient_name``.
     ``meta``: ``patient_position`` (e.g. 'HFS', 'FFS'), ``sop_instance_uids`` and ``source_files`` in k order,
     ``slice_thickness_mm`` (SliceThickness, may differ from the slice step ``spacing_mm[2]``; None if absent),
-    ``modality``, ``series_description``, ``series_number``, ``manufacturer``, ``BodyPartExamined``, and the study/patient tags
-    named by DICOM keyword: PatientBirthDate, PatientSex, StudyDate, StudyTime, StudyID, AccessionNumber,
-    ReferringPhysicianName, StudyDescription.
+    ``modality``, ``series_description``, ``series_number``, ``manufacturer``, ``BodyPartExamined``, and the
+    study/patient tags named by DICOM keyword: PatientBirthDate, PatientSex, StudyDate, StudyTime, StudyID,
+    AccessionNumber, ReferringPhysicianName, StudyDescription.
 
     Raises ``DicomSeriesError`` on anything that would make the volume untrustworthy.
     """

@@ -439,8 +439,8 @@ def expand_margin(mask: np.ndarray, grid: Volume, margin_mm: float, rule: str = 
     a voxel (on 0.8 x 0.8 x 2.5 mm voxels a 10 mm sphere + 5 mm came out 0.36 mm short in equivalent radius,
     -7 % volume); this rule errs slightly outwards instead (+0.24 mm, +5 % volume, measured for 6-10 mm spheres),
     so a CTV is not smaller than its margin asks. ``rule="centre"`` gives the plain centre-to-centre dilation
-    (never reaches beyond ``margin_mm`` from a mask voxel centre, so errs inwards). Raises ``StructureError`` if the grown mask would reach beyond the
-    grid, because a silently clipped CTV under-reports the target.
+    (never reaches beyond ``margin_mm`` from a mask voxel centre, so errs inwards). Raises ``StructureError`` if
+    the grown mask would reach beyond the grid, because a silently clipped CTV under-reports the target.
     """
     mask = _check_mask(mask, grid)
     if margin_mm < 0:

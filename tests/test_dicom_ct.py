@@ -293,3 +293,17 @@ def test_two_series_in_one_folder(tmp_path):
     vol = load_ct_series(tmp_path, series_uid=uid4)
     assert vol.array.shape == (4, 183, 173) and vol.meta["patient_position"] == "FFS"
     _refused(tmp_path, r"no series with SeriesInstanceUID 1\.2\.3.*choose one", series_uid="1.2.3")
+
+
+def test_refuses_junk_file_multiframe_and_mixed_frames(tmp_path):
+    files = _copy("STS_001", tmp_path, n=3)
+    junk = tmp_path / "scanner_notes"
+    junk.write_bytes(b"these are not DICOM bytes" * 20)
+    _refused(tmp_path, r"scanner_notes: not a readable DICOM file.*remove it")
+    junk.unlink()
+    _edit(files[1], FrameOfReferenceUID=generate_uid())
+    _refused(tmp_path, r"mixes 2 FrameOfReferenceUIDs")
+    _edit(files[1], FrameOfReferenceUID=_read(files[0]).FrameOfReferenceUID, NumberOfFrames=2)
+    _refused(tmp_path, r"multi-frame \(Enhanced CT\) file")
+    _edit(files[1], NumberOfFrames=1)
+    assert load_ct_series(tmp_path).array.shape == (3, 202, 198)

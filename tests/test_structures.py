@@ -186,6 +186,28 @@ def test_feet_first_grid_gives_the_same_voxels(real):
     np.testing.assert_allclose(structure_fraction(gtv, ffs)[::-1, :, ::-1], structure_fraction(gtv, ct), atol=1e-6)
 
 
+def test_mirrored_feet_first_dicom_series_with_its_rtstruct(tmp_path):
+    """STS_004 rewritten as a feet-first scanner stores it (row cosine -x, columns mirrored), loaded by dicom_ct:
+    the GTV covers the same LPS voxel centres and the same HU as on the original series."""
+    ref_ct = load_ct_series(DATA / "STS_004" / "ct")
+    for f in sorted((DATA / "STS_004" / "ct").glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [ipp[0] + (int(ds.Columns) - 1) * float(ds.PixelSpacing[1]), ipp[1], ipp[2]]
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).astype("<i2").tobytes()
+        ds.save_as(tmp_path / f.name)
+    ct = load_ct_series(tmp_path)
+    np.testing.assert_allclose(ct.direction, np.diag([-1.0, 1.0, -1.0]), atol=1e-12)
+    gtv = read_structure_set(DATA / "STS_004" / "RS.dcm", ct=ct)["GTV_Mass_CT"]
+    m, m_ref = structure_mask(gtv, ct), structure_mask(gtv, ref_ct)
+    a = ct.voxel_centers_lps(m)
+    b = ref_ct.voxel_centers_lps(m_ref)
+    assert len(a) == len(b) > 1000
+    np.testing.assert_allclose(a[np.lexsort(a.T)], b[np.lexsort(b.T)], atol=1e-3)
+    assert np.sort(ct.array[m]).tolist() == np.sort(ref_ct.array[m_ref]).tolist()
+
+
 def test_real_gtv_on_a_finer_dose_grid(real):
     case, ct, gtv = real
     lo, hi = gtv.bounds_mm()
