@@ -34,7 +34,7 @@ from .image import Volume
 # The near region of a seed is an ellipsoid around it, longer along the seed axis, where F(r, θ) has its angular
 # structure (F(0°) ~ 0.35 rising to ~0.85 at 30°), too fine for the coarse far-field grid at small r.
 NEAR_RADIAL_MM = 18.0  # semi-axis across the seed axis
-NEAR_AXIAL_MM = 30.0  # semi-axis along the seed axis
+NEAR_AXIAL_MM = 40.0  # semi-axis along the seed axis
 COARSE_STEP_MM = 4.0  # target spacing of the far-field sub-grid
 NEAR_TABLE_STEP_MM = 0.05
 FAR_TABLE_STEP_MM = 0.25
@@ -283,15 +283,18 @@ def _upsample_first_add(out, src, m, w, scale):
                 out[f, q, p] = (out[f, q, p] + v) * scale
 
 
-def _capsule_voxels_exact(out, spacing, seeds_g, axes_g, sk, model, near) -> None:
-    """Replace the table's near-field value by the exact one at voxels inside a seed's own capsule.
+def _capsule_voxels_exact(out, spacing, seeds_g, axes_g, sk, model, near, formalism) -> None:
+    """Replace the table's near-field value by the exact one at voxels in or at a seed's own capsule.
 
-    There the capsule convention of ``tg43`` (the dose of the capsule-surface point on the same ray) depends on
-    the direction from the seed centre, which no finite table resolves near the centre; these are a few voxels
-    per seed, so they are evaluated directly (the far share there is < 1e-5 and stays interpolated).
+    There the capsule convention of ``tg43`` (2D: the dose of the capsule-surface point on the same ray;
+    1D: r clamped at the capsule radius) puts a kink or a direction-dependent value into the kernel that no
+    finite table resolves; these are a few voxels per seed (the capsule grown by two table steps), so they are
+    evaluated directly (the far share there is < 1e-5 and stays interpolated).
     """
-    cap_rad_mm = model.capsule_radius_cm * 10.0
-    cap_half_mm = model.capsule_half_length_cm * 10.0
+    grow_mm = 2.0 * NEAR_TABLE_STEP_MM
+    cap_rad_mm = model.capsule_radius_cm * 10.0 + grow_mm
+    cap_half_mm = (model.capsule_half_length_cm * 10.0 if formalism == "2D" else 0.0) + grow_mm
+    a_mm = model.capsule_radius_cm * 10.0
     half = np.ceil(cap_half_mm / spacing).astype(int) + 1
     offs = np.stack(np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij"), axis=-1).reshape(-1, 3)
     idx = np.rint(seeds_g / spacing).astype(int)[:, None, :] + offs[None, :, :]  # (N, P, 3) as (i, j, k)
@@ -299,20 +302,24 @@ def _capsule_voxels_exact(out, spacing, seeds_g, axes_g, sk, model, near) -> Non
     z = np.einsum("npc,nc->np", d, axes_g)
     rho = np.sqrt(np.maximum(np.einsum("npc,npc->np", d, d) - z * z, 0.0))
     shape_ijk = np.array(out.shape[::-1])
-    inside = (rho < cap_rad_mm) & (np.abs(z) < cap_half_mm) & np.all((idx >= 0) & (idx < shape_ijk), axis=2)
+    if formalism == "2D":
+        inside = (rho < cap_rad_mm) & (np.abs(z) < cap_half_mm)
+    else:
+        inside = z * z + rho * rho < cap_rad_mm**2
+    inside &= np.all((idx >= 0) & (idx < shape_ijk), axis=2)
     if not inside.any():
         return
     n_idx, p_idx = np.nonzero(inside)
     z, rho = np.abs(z[inside]), rho[inside]
-    exact = tg43.dose_rate_cyl_cgy_h(model, sk[n_idx], z / 10.0, rho / 10.0, "2D")
-    exact_near = exact * (1.0 - _far_share(_ellipsoidal_distance(z, rho, "2D")))
+    exact = tg43.dose_rate_cyl_cgy_h(model, sk[n_idx], z / 10.0, rho / 10.0, formalism)
+    exact_near = exact * (1.0 - _far_share(_ellipsoidal_distance(z, rho, formalism)))
     step = NEAR_TABLE_STEP_MM
     fz, fr = z / step, rho / step
     iz, ir = fz.astype(int), fr.astype(int)
     tz, tr = fz - iz, fr - ir
     t = near.astype(float)
     looked = (1 - tz) * ((1 - tr) * t[iz, ir] + tr * t[iz, ir + 1]) + tz * ((1 - tr) * t[iz + 1, ir] + tr * t[iz + 1, ir + 1])
-    looked *= sk[n_idx] / (z * z + rho * rho + cap_rad_mm**2)
+    looked *= sk[n_idx] / (z * z + rho * rho + a_mm**2)
     ijk = idx[n_idx, p_idx]
     np.add.at(out, (ijk[:, 2], ijk[:, 1], ijk[:, 0]), exact_near - looked)
 
@@ -351,8 +358,7 @@ def dose_on_grid(grid: Volume, seeds_mm, axes, sk_u, model: tg43.SeedModel, t_h:
     near, far = _kernel_tables(model, formalism, extent)
 
     _near_field(out, spacing, *soa, near, 1.0 / NEAR_TABLE_STEP_MM, a2, *_near_radii(formalism))
-    if formalism == "2D":
-        _capsule_voxels_exact(out, spacing, seeds_g, axes_g, sk, model, near)
+    _capsule_voxels_exact(out, spacing, seeds_g, axes_g, sk, model, near, formalism)
     coarse = np.empty((n_coarse[2], n_coarse[1], n_coarse[0]))
     _far_field(coarse, step, offset, *soa, far, 1.0 / FAR_TABLE_STEP_MM, a2)
     tmp = _upsample_last(coarse, int(m[0]), _lagrange_weights(int(m[0])), ni)
