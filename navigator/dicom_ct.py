@@ -392,7 +392,7 @@ def load_ct_series(path, series_uid: str | None = None) -> Volume:
     Identity: ``frame_of_reference_uid``, ``series_uid``, ``study_uid``, ``patient_id``, ``patient_name``.
     ``meta``: ``patient_position`` (e.g. 'HFS', 'FFS'), ``sop_instance_uids`` and ``source_files`` in k order,
     ``slice_thickness_mm`` (SliceThickness, may differ from the slice step ``spacing_mm[2]``; None if absent),
-    ``modality``, ``series_description``, ``series_number``, ``manufacturer``, ``BodyPartExamined``, and the
+    ``modality``, ``series_description``, ``series_number``, ``manufacturer``, and the
     study/patient tags named by DICOM keyword: PatientBirthDate, PatientSex, StudyDate, StudyTime, StudyID,
     AccessionNumber, ReferringPhysicianName, StudyDescription.
 
@@ -458,7 +458,6 @@ def _load(folder: Path, series_uid: str | None) -> Volume:
         "series_description": _str(first, "SeriesDescription"),
         "series_number": _str(first, "SeriesNumber"),
         "manufacturer": _str(first, "Manufacturer"),
-        "BodyPartExamined": _str(first, "BodyPartExamined"),
     }
     for kw in STUDY_PATIENT_KEYWORDS:
         meta[kw] = _str(first, kw)

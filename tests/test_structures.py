@@ -347,6 +347,8 @@ def test_refuses_oblique_grid_and_non_axial_contour():
     with pytest.raises(StructureError, match=r"contour 0 is not on an axial plane \(z from 0\.00 to 1\.00 mm\)"):
         structure_mask(Structure("t", 1, [tilted]), replace(grid, direction=np.eye(3)))
     assert not structure_mask(Structure("empty", 3, []), replace(grid, direction=np.eye(3))).any()
+    with pytest.raises(StructureError, match=r"contour 0 has shape \(2, 3\)"):
+        Structure("bad", 4, [[[0, 0, 0], [1, 0, 0]]])
 
 
 # --- margins -------------------------------------------------------------------------------------------------
