@@ -156,7 +156,10 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     blobs = _merge_fragments(blobs, unit, s)
     keep = [b for b in blobs if b["ratio"] >= s.min_fraction_of_seed]
     too_big = [b for b in keep if b["ratio"] > s.max_seeds_per_blob + 0.5]
+    seed_peak = float(np.median([b["peak_hu"] for b in keep if b not in too_big] or [np.inf]))
     for b in too_big:
+        if b["peak_hu"] < 0.8 * seed_peak:     # dimmer than the seeds: bone, not worth a warning
+            continue
         c = ct.ijk_to_lps(b["centroid_img"] / spacing)
         warnings.append(
             f"a bright object of {b['volume_mm3']:.0f} mm3 ({b['ratio']:.0f} seeds' worth of metal) at LPS "
