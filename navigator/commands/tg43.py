@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--sk-u", type=float, dest="sk_u", help="air-kerma strength, U")
     g.add_argument("--activity-mci", type=float, dest="activity_mci", help="apparent activity, mCi")
     g.add_argument("--activity-mbq", type=float, dest="activity_mbq", help="apparent activity, MBq")
-    parser.add_argument("--along", required=True, metavar="CM,...", help="distances along the seed axis, cm")
+    parser.add_argument("--along", required=True, metavar="CM,...", help="distances along the seed axis, cm, signed (negative first value: --along=-1,0,1)")
     parser.add_argument("--away", required=True, metavar="CM,...", help="distances away from the seed axis, cm (>= 0)")
     parser.add_argument("--formalism", choices=("2D", "1D"), default="2D",
                         help="TG-43U1 2D (line source, F(r,θ); default) or 1D (φ_an) formalism")  # fmt: skip
