@@ -248,28 +248,32 @@ class Delivery:
                                        "device_index": report.released_total, "seeds_left": report.seeds_left})
 
     # --- reconciliation ----------------------------------------------------------------------------------------
-    def _reconcile(self) -> None:
+    def _reconcile(self, depth: int = 0) -> None:
         """Bring the ledger and the device into agreement, or stop. Reads RECORD for every release of this
-        power-up not verified before."""
+        power-up not verified before; progress survives a lost link (records since power-up never change)."""
         ledger = self.ledger
-        rec = self.app.reconcile(from_k=self._verified_upto + 1)
-        st = rec.status
+        st = self.app.status()
         if ledger.epoch is None:
             ledger.start_epoch(st.released_total, "first connection", seeds_left=st.seeds_left)
             self._verified_upto = st.released_total
             self._records = {}
+            self.app.reconcile(from_k=st.released_total + 1)  # nothing to compare yet; clears needs_reconcile
             self.journal("reconciliation", {"baseline": st.released_total, "state": st.state})
             return
         expected = ledger.expected_device_total()
         if st.released_total < expected or st.released_total < self._verified_upto:
             self._power_cycled(st, expected)
-            rec = self.app.reconcile(from_k=1)
-            st = rec.status
-        for r in rec.records:
-            self._records[r.k] = r
-        self._verified_upto = max(self._verified_upto, st.released_total)
-        mine = ledger.released_in_epoch()
+        for k in range(self._verified_upto + 1, st.released_total + 1):
+            self._records[k] = self.app.record(k)
+            self._verified_upto = k
+        st = self.app.reconcile(from_k=st.released_total + 1).status  # STATUS again; clears needs_reconcile
+        if st.released_total != self._verified_upto:
+            if depth >= 3:
+                raise DeliveryStopped(f"the device's counter keeps moving ({st.released_total}) while nothing "
+                                      "is being released; stop and check the applicator")
+            return self._reconcile(depth + 1)
         base = ledger.baseline
+        mine = ledger.released_in_epoch()
         for k in range(base + 1, st.released_total + 1):
             r = self._records.get(k)
             i = k - base - 1
@@ -329,10 +333,10 @@ class Delivery:
     def _final_check(self) -> tuple[int, int | None, bool]:
         """Re-read STATUS and every RECORD of this power-up; (device_released_total, raw counter, reconciled)."""
         try:
+            if self.ledger.epoch is not None:  # forget what was verified: read every RECORD of this power-up
+                self._verified_upto = self.ledger.baseline
+                self._records = {}
             self._retrying("final reconciliation", self._reconcile)
-            self._verified_upto = self.ledger.baseline
-            self._records = {}
-            self._retrying("final RECORD check", self._reconcile)  # a fresh read of every RECORD
             st = self.app.status()
         except (DeliveryError, ApplicatorError) as exc:
             self.notes.append(f"final reconciliation failed: {exc}")
