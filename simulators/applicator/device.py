@@ -102,6 +102,10 @@ class SimulatedApplicator:
         self.requests_executed = 0
         self.disconnect_pending = False
         self._out: list[tuple[float, bytes]] = []
+        # scripted faults for tests: lose the next N requests / the first reply to the next N requests of a verb
+        self.drop_requests = 0
+        self.drop_replies_to: dict[str, int] = {}
+        self.wire_log: list[tuple[str, bytes]] | None = None  # set to [] to record ("in"/"out", bytes)
         self._power_up()
 
     # --- power -------------------------------------------------------------------------------------------
@@ -177,10 +181,15 @@ class SimulatedApplicator:
     # --- the byte pipe -------------------------------------------------------------------------------------
     def receive(self, data: bytes) -> None:
         with self.lock:
+            if self.wire_log is not None:
+                self.wire_log.append(("in", bytes(data)))
             self.poll()
             for start, body in self._reader.feed(self.inject.corrupt(data)):
                 if start != "$":
                     continue  # the device only listens to requests
+                if self.drop_requests > 0:
+                    self.drop_requests -= 1
+                    continue
                 if self.inject.lose():
                     continue  # lost on the way in: no reply, the host retransmits
                 before = self.frames_received
@@ -207,7 +216,10 @@ class SimulatedApplicator:
             now = self.clock.now()
             due = [b for t, b in self._out if t <= now]
             self._out = [(t, b) for t, b in self._out if t > now]
-            return b"".join(due)
+            data = b"".join(due)
+            if data and self.wire_log is not None:
+                self.wire_log.append(("out", data))
+            return data
 
     def drop_output(self) -> None:
         """Forget what was queued for a link that is gone (bytes sent into a dead link are lost)."""
@@ -263,7 +275,10 @@ class SimulatedApplicator:
         self.memory[seq] = (body, reply)
         while len(self.memory) > MEMORY:
             self.memory.popitem(last=False)
-        self._send(reply, duration + self.faults.reply_delay_s)
+        if self.drop_replies_to.get(fields[1], 0) > 0:
+            self.drop_replies_to[fields[1]] -= 1  # executed, but the reply is lost on the way out
+        else:
+            self._send(reply, duration + self.faults.reply_delay_s)
         for ev in self._pending_events:  # events caused by the request follow its reply
             ev() if callable(ev) else self._event(ev)
         self._after_request()
