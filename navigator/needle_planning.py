@@ -19,8 +19,8 @@ from .errors import PlanError
 from .image import Volume
 from .template import GuideTemplate, hole_id
 
-# Insertion directions tried (unit vectors *into* the patient, LPS): anterior, antero-lateral, lateral,
-# postero-lateral; posterior only for prone patients (a supine patient lies on it).
+# Insertion directions tried (unit vectors *into* the patient, LPS): anterior, antero-lateral, lateral;
+# posterior and postero-lateral only for prone patients (or when allowed): a supine patient lies on them.
 _AXIAL = {
     "anterior": (0, 1, 0),
     "left-anterior-oblique": (-1, 1, 0),
@@ -57,7 +57,7 @@ class NeedleOptions:
     tilts_deg: tuple = (0.0, 20.0, -20.0)
     allow_posterior: bool = False
     single_needles: bool = True
-    coverage_radius_mm: float = 7.5     # CTV voxels farther than this from every candidate are "unreached"
+    coverage_radius_mm: float = 8.0     # CTV voxels farther than this from every candidate are "unreached"
 
 
 @dataclass
@@ -128,8 +128,8 @@ def _directions(opts: NeedleOptions, prone: bool) -> dict[str, np.ndarray]:
     out = {}
     for name, v in _AXIAL.items():
         v = np.asarray(v, float)
-        if v[1] < 0 and not (prone or opts.allow_posterior) and name == "posterior":
-            continue
+        if v[1] < 0 and not (prone or opts.allow_posterior):
+            continue  # a supine patient lies on the table: no posterior or postero-oblique entries
         v /= np.linalg.norm(v)
         for t in opts.tilts_deg:
             tr = np.deg2rad(t)
@@ -268,6 +268,7 @@ def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: b
             if val > best_val:
                 best_phase, best_val = (pr, pc), val
     sel = (cell[:, 0] % step == best_phase[0]) & (cell[:, 1] % step == best_phase[1]) & usable
+    sel = _fill_edges(fld, tr, sel, usable, reach, plate_w, ctv_pts, opts)
 
     # 3. template: covers the chosen lines; its plate sits above every skin point under it
     uv_sel = tr.uv[sel]
@@ -311,6 +312,47 @@ def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: b
                         unreached_cc=float(unreached_cc))
 
 
+def _fill_edges(fld, tr: _Trace, sel, usable, reach, plate_w, ctv_pts, opts: NeedleOptions) -> np.ndarray:
+    """Add in-between template holes (5 mm lattice) where the needle-spacing lattice leaves reachable CTV
+    farther than ``coverage_radius_mm`` from every candidate seed (the edges of the CTV's projection)."""
+    sel = sel.copy()
+    line_pos = {}
+    for l in np.nonzero(usable)[0]:
+        d = _seed_depths(tr.w, reach[l], plate_w, opts.seed_step_mm)
+        base = tr.uv[l, 0] * tr.r + tr.uv[l, 1] * tr.c + plate_w * tr.n
+        line_pos[l] = base + d[:, None] * tr.n
+    chosen = [line_pos[l] for l in np.nonzero(sel)[0] if len(line_pos[l])]
+    for _ in range(50):
+        cand_pts = np.concatenate(chosen) if chosen else np.zeros((0, 3))
+        gap = _unreached_pts(fld, ctv_pts, cand_pts, opts)
+        if len(gap) < 3:
+            break
+        tree = cKDTree(gap)
+        best_l, best_n = -1, 2
+        for l, pos in line_pos.items():
+            if sel[l] or len(pos) == 0:
+                continue
+            hits = tree.query_ball_point(pos, opts.coverage_radius_mm)
+            n = len(set(i for h in hits for i in h))
+            if n > best_n:
+                best_l, best_n = l, n
+        if best_l < 0:
+            break
+        sel[best_l] = True
+        chosen.append(line_pos[best_l])
+    return sel
+
+
+def _unreached_pts(fld: PlanningField, ctv_pts: np.ndarray, cand_pts: np.ndarray, opts: NeedleOptions) -> np.ndarray:
+    sd, _ = sample_nearest(fld.skin_depth_mm, fld.grid, ctv_pts, outside=0.0)
+    ng, _ = sample_nearest(fld.nogo, fld.grid, ctv_pts, outside=True)
+    pts = ctv_pts[(sd >= opts.min_skin_depth_mm) & ~ng.astype(bool)]
+    if len(cand_pts) == 0 or len(pts) == 0:
+        return pts
+    dist, _ = cKDTree(cand_pts).query(pts, distance_upper_bound=opts.coverage_radius_mm)
+    return pts[~np.isfinite(dist)]
+
+
 def _seed_depths(w: np.ndarray, ok: np.ndarray, plate_w: float, step_mm: float) -> np.ndarray:
     """Candidate seed depths on a ``step_mm`` raster centred on the reachable CTV run of one line."""
     idx = np.nonzero(ok)[0]
@@ -326,11 +368,10 @@ def _seed_depths(w: np.ndarray, ok: np.ndarray, plate_w: float, step_mm: float) 
 
 def _unreached(fld: PlanningField, ctv_pts: np.ndarray, needles: list[CandidateNeedle],
                opts: NeedleOptions) -> np.ndarray:
-    if not needles:
-        return ctv_pts
-    cand = np.concatenate([n.positions_mm for n in needles])
-    dist, _ = cKDTree(cand).query(ctv_pts, distance_upper_bound=opts.coverage_radius_mm)
-    return ctv_pts[~np.isfinite(dist)]
+    """CTV points that no candidate seed comes within ``coverage_radius_mm`` of, among those a seed could
+    serve at all (at least the minimum depth below the skin and outside the no-go mask)."""
+    cand = np.concatenate([n.positions_mm for n in needles]) if needles else np.zeros((0, 3))
+    return _unreached_pts(fld, ctv_pts, cand, opts)
 
 
 def _single_needles(fld: PlanningField, d: np.ndarray, unreached: np.ndarray,
@@ -352,8 +393,8 @@ def _single_needles(fld: PlanningField, d: np.ndarray, unreached: np.ndarray,
         entry = uv[l, 0] * r + uv[l, 1] * c + plate_w * n
         pos = entry + depths[:, None] * n
         near = cKDTree(unreached).query(pos, distance_upper_bound=opts.coverage_radius_mm)[0]
-        if len(depths) == 0 or not np.isfinite(near).any():
-            continue
+        if len(depths) == 0 or np.isfinite(near).sum() < 2:
+            continue  # a needle for one seed position near the gap is not worth its puncture
         out.append(CandidateNeedle(id="", hole=None, entry_mm=entry, axis=n.copy(), seed_depths_mm=depths,
                                    skin_depth_mm=float(tr.w[skin_idx[0]] - plate_w),
                                    max_tip_depth_mm=float(tip_max_w[0] - plate_w)))

@@ -130,7 +130,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     _say = opts.progress or (lambda msg: None)
 
     def say(msg):
-        _say(f"{msg}  [{time.perf_counter() - t_start:.1f} s]")
+        _say(msg)
     t_start = time.perf_counter()
     try:
         rx_gy = float(rx_gy)
@@ -161,7 +161,6 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
 
     say("masks: body, skin depth, no-go, CTV")
     body = targets.body_mask(ct)
-    skin = targets.skin_depth_mm(body, ct)
     nogo, nogo_parts = targets.nogo_mask(ct, body, oar_masks)
     try:
         from .structures import expand_margin
@@ -169,6 +168,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
         ctv = targets.ctv_mask(gtv, ct, opts.margin_mm, body, expand=expand_margin)
     except StructureError:  # the margin reaches the CT's edge: grow what the CT holds
         ctv = targets.ctv_mask(gtv, ct, opts.margin_mm, body)
+    skin = targets.skin_depth_mm(body, ct, near=ctv, reach_mm=max(40.0, 3 * opts.min_skin_depth_mm))
     if not ctv.any():
         raise StructureError(f"target '{target_name}' lies outside the patient's body contour; check the CT/structures")
     ctv_cc = float(ctv.sum()) * ct.voxel_volume_cc
@@ -216,8 +216,9 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
         if len(p):
             lim = limits[n]["D0.1cc_gy"]
             o_pts.append(p)
-            o_pen.append(PointPenalties.uniform(len(p), over1=lim, w_over1=3.0, over2=1.2 * lim, w_over2=10.0,
-                                                weight=1.0 / len(p)))
+            # per-point weight as if the OAR had 300 points: its hottest 0.1 cc must weigh like the target
+            o_pen.append(PointPenalties.uniform(len(p), over1=0.95 * lim, w_over1=3.0, over2=1.1 * lim,
+                                                w_over2=10.0, weight=1.0 / 300.0))
     fixed_pts = np.concatenate([s_pts] + o_pts) if (len(s_pts) or o_pts) else np.zeros((0, 3))
     ns = len(s_pts)
     nt = min(len(ctv_all), opts.max_target_points)
@@ -297,7 +298,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
             plan.seeds.append(PlannedSeed(id=f"S{len(plan.seeds) + 1:03d}", needle_id=nid, position_mm=p))
 
     metrics = _plan_metrics(dose_vol, ctv_d, {}, rx_gy)
-    metrics["oars"] = {n: _oar_metrics_at_voxels(m, ct, plan, model) for n, m in oar_masks.items()}
+    metrics["oars"] = {n: _oar_metrics_at_voxels(m, ct, plan, kt) for n, m in oar_masks.items()}
     checks = _checks(plan, metrics, limits, fld, opts, rx_gy)
     plan.metrics = metrics
     tpl = layout.template.to_dict()
@@ -311,7 +312,8 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
                        for n, v in limits.items()},
         "nogo": {"components_voxels": nogo_parts, "clearance_mm": 1.0 + nopts.nogo_clearance_mm},
         "min_skin_depth_mm": opts.min_skin_depth_mm,
-        "oar_metrics_method": "exact TG-43 (2D) dose at the OAR's CT voxel centres (the 30000 nearest the seeds)",
+        "oar_metrics_method": ("TG-43 2D dose (0.25 mm kernel table of navigator.tg43, bilinear) at the OAR's CT "
+                               "voxel centres (the 30000 nearest the seeds); D2cc null when the OAR is < 2 cc"),
         "dose_grid": {"spacing_mm": dgrid.spacing_mm.tolist(), "shape_ijk": list(dgrid.shape_ijk),
                       "origin_mm": [round(float(v), 3) for v in dgrid.origin_mm]},
         "optimizer": {"candidates": int(len(cand)), "candidate_needles": len(layout.needles),
@@ -340,9 +342,10 @@ def _plan_metrics(dose_vol: Volume, ctv_d: np.ndarray, oar_d: dict, rx_gy: float
     return dvh.plan_metrics(dose_vol, ctv_d, oar_d, rx_gy)
 
 
-def _oar_metrics_at_voxels(mask: np.ndarray, ct: Volume, plan: Plan, model, max_voxels: int = 30000) -> dict:
-    """OAR metrics from the exact TG-43 dose at the OAR's CT voxel centres (the ``max_voxels`` nearest the
-    seeds, which hold its hottest part): independent of how much of the OAR the dose grid covers."""
+def _oar_metrics_at_voxels(mask: np.ndarray, ct: Volume, plan: Plan, kt, max_voxels: int = 30000) -> dict:
+    """OAR metrics from the TG-43 dose (the optimiser's kernel table) at the OAR's CT voxel centres (the
+    ``max_voxels`` nearest the seeds, which hold its hottest part): independent of how much of the OAR
+    the dose grid covers."""
     from scipy.spatial import cKDTree
 
     from . import dvh
@@ -355,7 +358,7 @@ def _oar_metrics_at_voxels(mask: np.ndarray, ct: Volume, plan: Plan, model, max_
     if len(pts) > max_voxels:
         dist, _ = cKDTree(seeds).query(pts)
         pts = pts[np.argpartition(dist, max_voxels)[:max_voxels]]
-    dose_gy = dose_mod.dose_at_points(pts, seeds, plan.seed_axes(), plan.seed_sk_u, model)
+    dose_gy = influence_matrix(pts, seeds, plan.seed_axes(), kt).sum(axis=0, dtype=np.float64)
     m = dvh.oar_metrics(dose_gy, np.ones(len(dose_gy), bool), ct.voxel_volume_cc)
     if total_cc >= 2.0 and m["D2cc_gy"] is None:
         m["D2cc_gy"] = 0.0  # the nearest voxels hold < 2 cc: the structure's D2cc is below their minimum

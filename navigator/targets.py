@@ -89,23 +89,37 @@ def body_mask(ct: Volume, threshold_hu: float = BODY_HU) -> np.ndarray:
     return body
 
 
-def skin_depth_mm(body: np.ndarray, grid: Volume) -> np.ndarray:
+def skin_depth_mm(body: np.ndarray, grid: Volume, near: np.ndarray | None = None,
+                  reach_mm: float = 40.0) -> np.ndarray:
     """Depth below the skin (mm) of every voxel inside the body (0 outside).
 
     The volume's own edges are not skin: a cropped CT (body cut by the field of view) is padded with
     tissue before the distance transform, so depth is measured only to air that the CT actually shows.
+    With ``near`` (a mask, e.g. the CTV) the transform runs only on its bounding box grown by
+    ``reach_mm``: depths there are exact up to ``reach_mm`` and reported as >= ``reach_mm`` beyond
+    (the limit checked is 10 mm); body voxels outside the box get ``reach_mm``.
     """
     sampling = (grid.spacing_mm[2], grid.spacing_mm[1], grid.spacing_mm[0])  # (k, j, i) order
-    padded = np.pad(body, 1, mode="constant", constant_values=True)
-    depth = ndimage.distance_transform_edt(padded, sampling=sampling)[1:-1, 1:-1, 1:-1]
+    box = tuple(slice(None) for _ in range(3))
+    if near is not None and near.any():
+        idx = np.nonzero(near)
+        m = [int(np.ceil(reach_mm / sp)) + 1 for sp in sampling]
+        box = tuple(slice(max(0, int(a.min()) - mm), min(n, int(a.max()) + mm + 1))
+                    for a, mm, n in zip(idx, m, body.shape))
+    sub = body[box]
+    padded = np.pad(sub, 1, mode="constant", constant_values=True)
+    depth_sub = ndimage.distance_transform_edt(padded, sampling=sampling)[1:-1, 1:-1, 1:-1]
+    if near is not None:
+        depth_sub = np.minimum(depth_sub, reach_mm)
+    depth = np.where(body, np.float32(reach_mm if near is not None else 0.0), np.float32(0.0))
     # the EDT measures centre to centre; the skin surface lies half a voxel out from the last tissue voxel
-    depth = np.where(body, depth - 0.5 * float(min(sampling)), 0.0)
+    depth[box] = np.where(sub, depth_sub - 0.5 * float(min(sampling)), 0.0)
     return np.maximum(depth, 0.0).astype(np.float32)
 
 
 def bone_mask(ct: Volume, threshold_hu: float = BONE_HU) -> np.ndarray:
-    """Bone (and anything as dense): median-filtered so single noisy voxels do not block needles."""
-    return ndimage.median_filter(ct.array, size=3) > threshold_hu
+    """Bone (and anything as dense), opened once so single noisy voxels do not block needles."""
+    return ndimage.binary_opening(ct.array > threshold_hu, structure=ndimage.generate_binary_structure(3, 1))
 
 
 def internal_air_mask(ct: Volume, body: np.ndarray, threshold_hu: float = INTERNAL_AIR_HU) -> np.ndarray:
@@ -115,11 +129,17 @@ def internal_air_mask(ct: Volume, body: np.ndarray, threshold_hu: float = INTERN
 
 
 def dilate_mm(mask: np.ndarray, grid: Volume, margin_mm: float) -> np.ndarray:
-    """Isotropic dilation by ``margin_mm`` (exact Euclidean, anisotropic voxels handled)."""
+    """Isotropic dilation by ``margin_mm``: a voxel joins when its centre is within ``margin_mm`` of a mask
+    voxel's centre (anisotropic voxels handled). Small margins use an ellipsoidal structuring element."""
     if margin_mm <= 0 or not mask.any():
         return mask.copy()
-    sampling = (grid.spacing_mm[2], grid.spacing_mm[1], grid.spacing_mm[0])
-    return ndimage.distance_transform_edt(~mask, sampling=sampling) <= margin_mm
+    sk, sj, si = grid.spacing_mm[2], grid.spacing_mm[1], grid.spacing_mm[0]
+    r = [int(np.floor(margin_mm / s)) for s in (sk, sj, si)]
+    if max(r) <= 4:
+        kk, jj, ii = np.meshgrid(*[np.arange(-n, n + 1) for n in r], indexing="ij")
+        ball = (kk * sk) ** 2 + (jj * sj) ** 2 + (ii * si) ** 2 <= margin_mm ** 2 + 1e-9
+        return ndimage.binary_dilation(mask, structure=ball)
+    return ndimage.distance_transform_edt(~mask, sampling=(sk, sj, si)) <= margin_mm
 
 
 def inner_depth_mm(mask: np.ndarray, grid: Volume) -> np.ndarray:

@@ -54,7 +54,7 @@ class GuideTemplate:
     n_cols: int = 13
     pitch_mm: float = 5.0
     number: int = 1
-    type: str = "GRID"  # RT Plan Brachy Accessory/Template type
+    type: str = "GUIDE TEMPLATE"  # RT Plan TemplateType (CS, <= 16 chars)
     name: str = "5 mm guide template"
     meta: dict = field(default_factory=dict)
 
@@ -154,7 +154,7 @@ class GuideTemplate:
             return cls(origin_mm=d["hole_a1_mm"], row_dir=d["row_dir"], col_dir=d["col_dir"],
                        normal_lps=d["normal_lps"], n_rows=int(d["rows"]), n_cols=int(d["cols"]),
                        pitch_mm=float(d.get("pitch_mm", 5.0)), number=int(d.get("number", 1)),
-                       type=str(d.get("type", "GRID")), name=str(d.get("name", "5 mm guide template")))
+                       type=str(d.get("type", "GUIDE TEMPLATE")), name=str(d.get("name", "5 mm guide template")))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"template description is incomplete ({type(exc).__name__}: {exc}); "
                             "it needs hole_a1_mm, row_dir, col_dir, normal_lps, rows, cols") from None
