@@ -391,6 +391,13 @@ def _split_blob(b, planned_img, psf_var, s):
         lo_, hi_ = np.percentile(proj, [10, 90]) if len(proj) > 3 else (proj.min(), proj.max())
         offs = np.linspace(lo_, hi_, n) if n > 1 else np.zeros(1)
         inits.append(c0 + offs[:, None] * e[None, :])
+    # farthest-point picks among the bright voxels: one per seed when the seeds lie in different directions
+    bright = pts[w >= 0.5 * w.max()]
+    picks = [bright[int(np.argmax(w[w >= 0.5 * w.max()]))]]
+    for _ in range(n - 1):
+        dmin = np.min([np.linalg.norm(bright - q, axis=1) for q in picks], axis=0)
+        picks.append(bright[int(np.argmax(dmin))])
+    inits.append(np.array(picks))
     if planned_img is not None:
         d = np.linalg.norm(planned_img - c0, axis=1)
         near = np.argsort(d)[:n]
@@ -401,6 +408,16 @@ def _split_blob(b, planned_img, psf_var, s):
         res = _em(pts, w, init, evecs[:, 2], psf_var, s)
         if best is None or res[0] > best[0]:
             best = res
+    # incremental: add one member at a time where the bright voxels are worst explained
+    bright_mask = w >= 0.5 * w.max()
+    centres = c0[None, :].copy()
+    for k in range(2, n + 1):
+        _, centres, _ = _em(pts, w, centres, evecs[:, 2], psf_var, s)
+        d2 = ((pts[bright_mask][:, None, :] - centres[None, :, :]) ** 2).sum(2).min(1)
+        centres = np.vstack([centres, pts[bright_mask][int(np.argmax(d2 * w[bright_mask]))]])
+    res = _em(pts, w, centres, evecs[:, 2], psf_var, s)
+    if res[0] > best[0]:
+        best = res
     _, centres, resp = best
     for m in range(n):
         wm = w * resp[:, m]
@@ -584,7 +601,9 @@ def _migration(result: SeedFindingResult, planned_mm: np.ndarray, s: SeedFinding
         if nearest[i] > s.migration_mm:
             result.migrated.append({"index": i, "position_mm": [round(float(v), 2) for v in found[i]],
                                     "distance_to_plan_mm": round(float(nearest[i]), 2)})
-    rows, cols = linear_sum_assignment(d)
+    # capped cost: beyond the migration distance every pairing is equally "no match", so the assignment
+    # never shifts a chain of good matches to shave distance off a migrated seed
+    rows, cols = linear_sum_assignment(np.minimum(d, s.migration_mm + 1.0))
     matched = {int(c) for r, c in zip(rows, cols) if d[r, c] <= s.migration_mm}
     result.unmatched_planned = [j for j in range(len(planned_mm)) if j not in matched]
     if result.migrated:
