@@ -33,14 +33,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``selected`` command's module is imported (so `navigator deliver` does not pay
+    for the dose engine's compiler at start-up). ``None`` imports every command (documentation, tests)."""
     parser = _Parser(prog="navigator", description="CT-guided I-125 seed-implant navigator")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module = _command_module(name)
-        if module is not None:
-            module.add_arguments(p)
+        if selected is None or name == selected:
+            module = _command_module(name)
+            if module is not None:
+                module.add_arguments(p)
         p.set_defaults(_module=name)
     return parser
 
@@ -55,7 +58,9 @@ def _command_module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)
     module = _command_module(args._module)
     if module is None:
