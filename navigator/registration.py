@@ -56,7 +56,7 @@ class RegistrationSettings:
     # region around the target
     region_half_mm: float = 45.0  # fixed box half-size around the target centre (mm)
     moving_margin_mm: float = 24.0  # moving box = fixed box + this on each side; also the init capture range
-    grid_step_mm: float = 1.0  # isotropic resampling step of both crops (mm)
+    grid_step_mm: float = 1.5  # isotropic resampling step of both crops (mm); sub-voxel accuracy is the norm
     # intensities
     hu_window: tuple[float, float] = (-300.0, 1300.0)  # HU clipped to this before the metric
     metal_hu: float = 2000.0  # voxels above this are metal (needles, seeds): masked out of the metric
@@ -67,14 +67,14 @@ class RegistrationSettings:
     metric: str = "correlation"  # "correlation" | "mean_squares" | "mattes"
     mattes_bins: int = 32
     sampling_strategy: str = "random"  # "random" | "regular" | "none"
-    sampling_fraction: float = 0.06  # fraction of the fixed grid's voxels sampled per iteration
+    sampling_fractions: tuple[float, ...] = (0.3, 0.08, 0.02)  # of the fixed grid's voxels, per level
     sampling_seed: int = 20261122
     # pyramid
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
     # optimiser: regular-step gradient descent on (rotation rad, translation mm) with physical-shift scales
     learning_rate: float = 2.0  # first step, in mm of the largest point shift
-    min_step: float = 0.002
+    min_step: float = 0.01  # mm of point shift: far below the 0.5 mm TRE goal
     max_iterations: int = 120
     relaxation_factor: float = 0.5
     gradient_magnitude_tolerance: float = 1e-6
@@ -83,6 +83,8 @@ class RegistrationSettings:
     consistency_check: bool = True
     consistency_perturbation_mm: float = 1.5
     consistency_perturbation_deg: float = 1.5
+    consistency_shrink_factors: tuple[int, ...] = (2, 1)  # the backward run starts near the answer
+    consistency_smoothing_sigmas_mm: tuple[float, ...] = (1.0, 0.0)
     max_estimated_error_mm: float = 1.0  # refuse above this (the needle tolerance is 2 mm)
     max_metric: float = -0.5  # correlation: -1 is perfect; refuse a final metric worse than this
     min_overlap_fraction: float = 0.6  # of the fixed box that must lie inside the moving scan
@@ -113,6 +115,7 @@ class RegistrationResult:
     converged: bool
     estimated_error_mm: float
     seconds: float
+    cpu_seconds: float = float("nan")  # CPU time of all threads: the fair measure on a shared machine
     metric_trace: list = field(default_factory=list)  # [[level, value], ...] forward run
     stop_condition: str = ""
     iterations: int = 0
@@ -156,6 +159,7 @@ class RegistrationResult:
             "converged": bool(self.converged),
             "estimated_error_mm": round(float(self.estimated_error_mm), 4),
             "seconds": round(float(self.seconds), 3),
+            "cpu_seconds": round(float(self.cpu_seconds), 3),
             "stop_condition": self.stop_condition,
             "iterations": int(self.iterations),
             "rotation_deg": round(self.rotation_deg, 4),
@@ -254,9 +258,9 @@ def _metal_mask(img_hu_np: np.ndarray, metal_hu: float, dilation_mm: float, step
     if not metal.any():
         return np.ones_like(metal)
     r = max(1, int(round(dilation_mm / step_mm)))
-    zz, yy, xx = np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1]
-    ball = (zz ** 2 + yy ** 2 + xx ** 2) <= r * r
-    return ~ndimage.binary_dilation(metal, structure=ball)
+    # a cube (separable maximum filter) rather than a ball: ten times faster, and masking a little more
+    # around the metal costs nothing
+    return ndimage.maximum_filter(metal.view(np.uint8), size=2 * r + 1) == 0
 
 
 # --- building blocks ---------------------------------------------------------------------------------------
@@ -278,7 +282,8 @@ def build_registration_method(s: RegistrationSettings):
     strategy = {"random": r.RANDOM, "regular": r.REGULAR, "none": r.NONE}[s.sampling_strategy]
     r.SetMetricSamplingStrategy(strategy)
     if strategy != r.NONE:
-        r.SetMetricSamplingPercentage(s.sampling_fraction, s.sampling_seed)
+        # per level: the coarse grids are small, the finest has ~10^6 voxels of which ~10^4 pin 6 parameters
+        r.SetMetricSamplingPercentagePerLevel(list(s.sampling_fractions), s.sampling_seed)
     r.SetInterpolator(sitk.sitkLinear)
     r.SetOptimizerAsRegularStepGradientDescent(
         learningRate=s.learning_rate, minStep=s.min_step, numberOfIterations=s.max_iterations,
@@ -440,6 +445,7 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
         s = RegistrationSettings(**{**asdict(s), "metal_hu": float(metal_hu)})
     check_same_patient(fixed, moving)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     centre, half = _parse_region(region_mm, fixed, s.region_half_mm)
     if not fixed.contains_lps(centre):
         raise InputError(f"the target region centre {np.round(centre, 1).tolist()} mm lies outside the pre-plan CT; "
@@ -508,8 +514,12 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
         bm_keep = _metal_mask(bm, s.metal_hu, s.metal_dilation_mm, step) & bm_valid
         b_init = _centred(_perturbation(s.consistency_perturbation_deg, s.consistency_perturbation_mm), c_m) \
             @ np.linalg.inv(fwd)
+        nb = len(s.consistency_shrink_factors)
+        sb = RegistrationSettings(**{**asdict(s), "shrink_factors": tuple(s.consistency_shrink_factors),
+                                     "smoothing_sigmas_mm": tuple(s.consistency_smoothing_sigmas_mm),
+                                     "sampling_fractions": tuple(s.sampling_fractions[-nb:])})
         bwd, _, _, _, _ = _run_one(
-            s, _like(b_fixed, np.clip(bf, *s.hu_window).astype(np.float32)),
+            sb, _like(b_fixed, np.clip(bf, *s.hu_window).astype(np.float32)),
             _like(b_fixed, bf_keep.astype(np.uint8), sitk.sitkUInt8),
             _like(b_moving, np.clip(bm, *s.hu_window).astype(np.float32)),
             None if bm_keep.all() else _like(b_moving, bm_keep.astype(np.uint8), sitk.sitkUInt8),
@@ -519,7 +529,7 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
 
     result = RegistrationResult(
         fixed_to_moving=fwd, metric=metric, converged=converged, estimated_error_mm=est,
-        seconds=time.perf_counter() - t0, metric_trace=obs.trace(), stop_condition=stop, iterations=iters,
+        seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, metric_trace=obs.trace(), stop_condition=stop, iterations=iters,
         region_centre_mm=centre, region_half_mm=half, check_points_mm=points, consistency_residuals_mm=residuals,
         initial_translation_mm=t_init, overlap_fraction=overlap,
         fixed_frame_of_reference_uid=fixed.frame_of_reference_uid,

@@ -1,0 +1,87 @@
+"""``navigator register --fixed DIR --moving DIR --out DIR [--plan plan.json | --region-centre-mm X,Y,Z]
+[--region-half-mm R] [--metal-hu H]``
+
+Rigid registration of the intraop CT (moving) to the pre-plan CT (fixed) around the target. The target
+region is the plan's needle tips and seeds when ``--plan`` is given, else ``--region-centre-mm``, else the
+centre of the fixed scan. Writes ``registration.json`` (cli-contract.md), also when the registration is
+refused (``converged``/``refusal`` say why; exit 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError, RegistrationError
+from ._common import Progress, add_output_options, emit, out_dir, write_json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--fixed", required=True, metavar="DIR", help="pre-plan CT series folder (fixed)")
+    parser.add_argument("--moving", required=True, metavar="DIR", help="intraop CT series folder (moving)")
+    parser.add_argument("--plan", metavar="plan.json", help="plan on the fixed CT: registers around its target")
+    parser.add_argument("--region-centre-mm", metavar="X,Y,Z", help="target region centre, fixed LPS mm")
+    parser.add_argument("--region-half-mm", type=float, default=None, help="target region half-size, mm (45)")
+    parser.add_argument("--metal-hu", type=float, default=None, help="metal threshold masked out of the metric (2000)")
+    add_output_options(parser)
+
+
+def target_region(plan, default_half_mm: float = 45.0) -> tuple[np.ndarray, float]:
+    """Centre (pre-plan LPS mm) and half-size of the region around a plan's needle tips and seeds."""
+    pts = [n.tip_mm for n in plan.needles] + [s.position_mm for s in plan.seeds]
+    if not pts:
+        raise InputError("the plan has no needles and no seeds; it cannot say where the target is")
+    pts = np.array(pts, dtype=float)
+    centre = 0.5 * (pts.min(0) + pts.max(0))
+    half = float(np.clip(np.abs(pts - centre).max() + 25.0, 35.0, 60.0)) if len(pts) > 1 else default_half_mm
+    return centre, half
+
+
+def parse_xyz(text: str, option: str) -> np.ndarray:
+    try:
+        v = np.array([float(x) for x in str(text).split(",")])
+    except ValueError:
+        v = np.zeros(0)
+    if v.shape != (3,) or not np.all(np.isfinite(v)):
+        raise InputError(f"{option} {text!r}: give three numbers in mm separated by commas, e.g. 12.5,-40,110")
+    return v
+
+
+def run(args) -> int:
+    from ..dicom_ct import load_ct_series
+    from ..plan import Plan
+    from ..registration import register_rigid
+
+    prog = Progress(enabled=not args.json)
+    out = out_dir(args)
+    prog.step(f"loading the pre-plan CT {args.fixed}")
+    fixed = load_ct_series(args.fixed)
+    prog.step(f"loading the intraop CT {args.moving}")
+    moving = load_ct_series(args.moving)
+    region = None
+    if args.plan:
+        plan = Plan.load(args.plan)
+        if plan.frame_of_reference_uid and fixed.frame_of_reference_uid \
+                and plan.frame_of_reference_uid != fixed.frame_of_reference_uid:
+            raise InputError(
+                f"--plan {args.plan} is in frame of reference {plan.frame_of_reference_uid} but --fixed {args.fixed} "
+                f"is in {fixed.frame_of_reference_uid}; give the pre-plan CT the plan was made on")
+        centre, half = target_region(plan)
+        region = (centre, args.region_half_mm or half)
+    elif args.region_centre_mm:
+        region = (parse_xyz(args.region_centre_mm, "--region-centre-mm"), args.region_half_mm or 45.0)
+    prog.step("registering (rigid, around the target)")
+    try:
+        result = register_rigid(fixed, moving, region_mm=region, metal_hu=args.metal_hu)
+    except RegistrationError as exc:
+        res = getattr(exc, "result", None)
+        if res is not None:
+            write_json(out / "registration.json", res.to_json())
+        raise
+    data = result.to_json()
+    write_json(out / "registration.json", data)
+    t = result.fixed_to_moving[:3, 3]
+    emit(args, data,
+         f"registration: rotation {result.rotation_deg:.2f} deg, translation [{t[0]:.2f}, {t[1]:.2f}, {t[2]:.2f}] mm, "
+         f"estimated error {result.estimated_error_mm:.2f} mm, {result.seconds:.1f} s\n"
+         f"wrote {out / 'registration.json'}")
+    return 0
