@@ -17,7 +17,7 @@ of BODY) and organs at risk (see ``anatomy``).
 """
 
 from .anatomy import HU
-from .cases import (CASES, TARGET, CaseSpec, Patient, intraop_scan, list_cases, make_patient, postimplant_scan,
+from .cases import (CASES, TARGET, CaseSpec, Patient, demo_implant, intraop_scan, list_cases, make_patient, postimplant_scan,
                     render_scan)
 from .motion import Deformation, Motion, random_deformation, random_rigid, rigid_4x4, rotation_matrix
 from .needles import (NEEDLE_18G_DIAMETER_MM, NeedleDraw, NeedleErrorModel, draw_needles, needle_occupancy,
@@ -28,7 +28,7 @@ from .truth import load_truth
 from .writer import WrittenCase, write_case, write_patient, write_scan
 
 __all__ = [
-    "CASES", "TARGET", "HU", "CaseSpec", "Patient", "list_cases", "make_patient", "render_scan", "intraop_scan",
+    "CASES", "TARGET", "HU", "CaseSpec", "Patient", "demo_implant", "list_cases", "make_patient", "render_scan", "intraop_scan",
     "postimplant_scan", "Motion", "Deformation", "random_rigid", "random_deformation", "rigid_4x4",
     "rotation_matrix", "NEEDLE_18G_DIAMETER_MM", "NeedleErrorModel", "NeedleDraw", "draw_needles",
     "needle_occupancy", "render_needles", "SEED_LENGTH_MM", "SEED_DIAMETER_MM", "seed_occupancy", "render_seeds",

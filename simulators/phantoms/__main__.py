@@ -20,6 +20,7 @@ def main(argv=None) -> int:
     w.add_argument("--out", required=True)
     w.add_argument("--node-diameter-mm", type=float, default=None, help="override the case's node size (5-60)")
     w.add_argument("--slice-mm", type=float, default=None, help="override the pre-plan slice spacing")
+    w.add_argument("--n-slices", type=int, default=None, help="override the number of pre-plan slices")
     args = parser.parse_args(argv)
 
     from . import CASES, write_case
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
         options["node_diameter_mm"] = args.node_diameter_mm
     if args.slice_mm is not None:
         options["slice_mm"] = args.slice_mm
+    if args.n_slices is not None:
+        options["n_slices"] = args.n_slices
     t0 = time.perf_counter()
     try:
         print(f"making case {args.case!r} seed {args.seed} ...", flush=True)

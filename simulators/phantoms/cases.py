@@ -288,3 +288,47 @@ def postimplant_scan(patient: Patient, seeds_mm, axes, motion=None, rng=None, sl
     """Post-implant CT with seeds at ``seeds_mm`` (N, 3) along ``axes`` (pre-plan frame). Returns the scan;
     ``vol.meta["truth"]["seeds_mm"]`` / ``["seed_axes"]`` are the seeds in its frame."""
     return render_scan(patient, "postimplant", motion, needles, seeds_mm, axes, slice_mm, length_mm, rng, **kw)
+
+
+def demo_implant(patient: Patient, n_needles: int = 20, seeds_per_needle: int = 3, spacing_mm: float | None = None,
+                 standoff_mm: float = 15.0):
+    """A plausible implant for tests and benchmarks (not a plan): parallel needles from outside the skin through
+    the node on a square lattice perpendicular to the approach, seeds evenly spaced inside the node.
+
+    Approach: from the body surface nearest the node. Returns ``(needles, seeds_mm, seed_axes)`` in the pre-plan
+    frame: ``needles`` a list of ``(entry_mm, tip_mm)`` (entry ``standoff_mm`` outside the skin), ``seeds_mm``
+    (N, 3), ``seed_axes`` (N, 3) along the needles.
+    """
+    c = patient.node_center_mm
+    body_c = np.array(patient.anatomy.params["body_center_mm"])
+    u = np.array([c[0] - body_c[0], c[1] - body_c[1], 0.0])
+    u = -u / np.linalg.norm(u)             # from outside towards the node
+    e1 = np.cross(u, [0.0, 0.0, 1.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(u, e1)
+    d = float(patient.options["node_diameter_mm"])
+    cols = int(np.ceil(np.sqrt(n_needles)))
+    rows = int(np.ceil(n_needles / cols))
+    pitch = spacing_mm or max(2.0, 0.8 * d / max(cols, rows))
+    body = patient.structures["BODY"]
+    needles, seeds, axes = [], [], []
+    for n in range(n_needles):
+        a = (n % cols - 0.5 * (cols - 1)) * pitch
+        b = (n // cols - 0.5 * (rows - 1)) * pitch
+        p = c + a * e1 + b * e2
+        # walk back along the approach until outside the body mask
+        back = 0.0
+        while back < 300.0:
+            ijk = np.rint(patient.ct.lps_to_ijk(p - (back + 1.0) * u)).astype(int)
+            inside = np.all(ijk >= 0) and np.all(ijk < np.array(patient.ct.shape_ijk)) and body[ijk[2], ijk[1], ijk[0]]
+            if not inside:
+                break
+            back += 1.0
+        entry = p - (back + standoff_mm) * u
+        tip = p + 0.4 * d * u
+        needles.append((entry, tip))
+        for s in range(seeds_per_needle):
+            depth = -0.35 * d + (s + 0.5) * 0.7 * d / seeds_per_needle
+            seeds.append(p + depth * u)
+            axes.append(u)
+    return needles, np.array(seeds).reshape(-1, 3), np.array(axes).reshape(-1, 3)

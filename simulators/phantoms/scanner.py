@@ -38,8 +38,8 @@ class ScannerModel:
     streaks: bool = True
     streak_angles: int = 180            # projections over 180 degrees
     mu_water_per_mm: float = 0.019      # effective attenuation of water (~70 keV)
-    beam_hardening: float = 0.12        # p_measured = p / (1 + beam_hardening * p), p = metal line integral
-    starvation_p: float = 5.0           # metal line integral at which the detector runs out of photons
+    beam_hardening: float = 0.10        # p_measured = p / (1 + beam_hardening * p), p = metal line integral
+    starvation_p: float = 6.0           # metal line integral at which the detector runs out of photons
     starvation_noise: float = 0.01      # projection noise scale (line-integral units) behind metal
     hu_min: float = -1024.0
     hu_max: float = 3071.0              # 12-bit scanner range: metal saturates here

@@ -44,8 +44,8 @@ def patient_truth(patient) -> dict:
     ct = patient.ct
     structures = {}
     for name, mask in patient.structures.items():
-        structures[name] = {"volume_cc": round(patient.structure_cc(name), 4),
-                            "mask_volume_cc": round(float(mask.sum()) * ct.voxel_volume_cc, 4),
+        structures[name] = {"volume_cc": round(patient.structure_cc(name), 6),
+                            "mask_volume_cc": round(float(mask.sum()) * ct.voxel_volume_cc, 6),
                             "voxels": int(mask.sum())}
     an = patient.anatomy
     return {
@@ -60,7 +60,7 @@ def patient_truth(patient) -> dict:
                "slice_thickness_mm": float(ct.meta.get("slice_thickness_mm", ct.spacing_mm[2]))},
         "target": patient.target,
         "node": {"center_mm": an.node_center_mm.tolist(), "diameter_mm": float(patient.options["node_diameter_mm"]),
-                 "shape_volume_cc": round(an.node_volume_mm3 / 1000.0, 4), "necrotic": an.necrosis_row is not None,
+                 "shape_volume_cc": round(an.node_volume_mm3 / 1000.0, 6), "necrotic": an.necrosis_row is not None,
                  "hu": A.HU["node"], "necrosis_hu": A.HU["necrosis"]},
         "structures": structures,
         "hu": dict(A.HU),

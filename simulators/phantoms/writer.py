@@ -34,7 +34,8 @@ def _write_ct(ct: Volume, out_dir: Path, description: str) -> None:
 
     write_ct_series(ct, out_dir, PatientInfo.from_volume(ct), series_description=description,
                     patient_position=ct.meta.get("patient_position", "HFS"),
-                    slice_thickness_mm=ct.meta.get("slice_thickness_mm"), file_names="index")
+                    slice_thickness_mm=ct.meta.get("slice_thickness_mm"), file_names="index",
+                    body_part=ct.meta.get("BodyPartExamined"), uid_seed=f"phantom/{ct.series_uid}")
 
 
 def write_patient(patient: Patient, out_dir) -> WrittenCase:
@@ -47,7 +48,8 @@ def write_patient(patient: Patient, out_dir) -> WrittenCase:
     order = [patient.target] + [n for n in patient.structures if n != patient.target]
     contours = {name: patient.contours(name) for name in order}
     rs = write_rtstruct(out / "preplan" / "RS.dcm", patient.ct, contours, PatientInfo.from_volume(patient.ct),
-                        roi_types=ROI_TYPES, label="phantom", series_description="phantom structures")
+                        roi_types=ROI_TYPES, label="phantom", series_description="phantom structures",
+                        uid_seed=f"phantom/{patient.ct.series_uid}/rtstruct")
     truth = write_truth(patient.truth(), out / "truth.json")
     return WrittenCase(patient, ct_dir, Path(rs), truth)
 
