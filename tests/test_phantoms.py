@@ -205,3 +205,16 @@ def test_write_scan(tmp_path, neck):
     t = json.loads((tmp_path / "intraop" / "truth.json").read_text())
     assert t["frame_of_reference_uid"] == back.frame_of_reference_uid
     np.testing.assert_allclose(t["needles_mm"], io.meta["truth"]["needles_mm"])
+
+
+def test_written_dicom_passes_the_iod_check(written):
+    """dicom3tools' dciodvfy finds no errors in a phantom CT slice and its RT Structure Set."""
+    import shutil
+
+    _, out = written
+    exe = shutil.which("dciodvfy")
+    assert exe, "dciodvfy (Debian package dicom3tools) must be installed for the DICOM conformance tests"
+    for path in (sorted((out / "preplan" / "ct").glob("*.dcm"))[0], out / "preplan" / "RS.dcm"):
+        res = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], (path.name, errors)

@@ -166,3 +166,15 @@ def test_metal_streaks_run_along_the_needle():
     assert np.mean(np.abs(along)) > 5 * max(np.mean(np.abs(side)), 1.0)
     no_streaks = render_needles(g, [(entry, tip)], rng=0, scanner=ScannerModel(noise_hu=0.0, streaks=False))
     assert np.abs(no_streaks.array[k, :, 115:]).max() < 1.0
+
+
+def test_seed_straddling_two_thick_slices_shows_in_both():
+    """A seed along z centred on the boundary of two 5 mm slices puts half its metal in each."""
+    g = _water([0.0, 0.0, 0.0], (32, 32, 8), (0.8, 0.8, 5.0))
+    boundary = g.ijk_to_lps([15.3, 16.1, 3.5])
+    occ = seed_occupancy(g, [boundary], [[0.0, 0.0, 1.0]])
+    per_slice = occ.reshape(occ.shape[0], -1).sum(1)
+    assert np.count_nonzero(per_slice) == 2
+    np.testing.assert_allclose(per_slice[3], per_slice[4], rtol=0.02)
+    vol = render_seeds(g, [boundary], [[0.0, 0.0, 1.0]], rng=0)
+    assert vol.array[3].max() > 1000 and vol.array[4].max() > 1000
