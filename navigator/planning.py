@@ -15,7 +15,7 @@ import numpy as np
 
 from . import dose as dose_mod
 from . import targets, tg43
-from .errors import InputError, SeedModelError, StructureError
+from .errors import InputError, PlanError, SeedModelError, StructureError
 from .image import Volume
 from .needle_planning import NeedleOptions, PlanningField, Sampler, needle_path_clear, plan_needles, sample_nearest
 from .plan import Needle, Plan, PlannedSeed
@@ -25,6 +25,7 @@ from .seed_optimize import OptimizeOptions, PointPenalties, influence_matrix, ke
 @dataclass
 class PlanOptions:
     margin_mm: float = 5.0
+    ctv_excludes_oars: bool = True        # the margin (not the GTV) stops at the organs at risk
     min_skin_depth_mm: float = 10.0
     v100_goal_pct: float = 95.0
     d90_goal_rx: float = 1.0
@@ -38,7 +39,7 @@ class PlanOptions:
     oar_limits_gy: dict | None = None     # {name: D0.1cc limit}; defaults from targets.OAR_CLASS_LIMITS
     needles: NeedleOptions = field(default_factory=NeedleOptions)
     optimizer: OptimizeOptions = field(default_factory=OptimizeOptions)
-    rounds: int = 4
+    rounds: int = 8
     progress: object = None               # callable(str) or None
 
 
@@ -169,6 +170,13 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     except StructureError:  # the margin reaches the CT's edge: grow what the CT holds
         ctv = targets.ctv_mask(gtv, ct, opts.margin_mm, body)
     skin = targets.skin_depth_mm(body, ct, near=ctv, reach_mm=max(40.0, 3 * opts.min_skin_depth_mm))
+    if opts.ctv_excludes_oars and oar_masks:
+        # the margin is for microscopic spread, which does not cross into the airway, vessels or the cord:
+        # the CTV keeps the whole GTV but its margin stops at the organs at risk
+        barrier = np.zeros(ct.array.shape, bool)
+        for m in oar_masks.values():
+            barrier |= m
+        ctv = (ctv & ~barrier) | (gtv & body)
     if not ctv.any():
         raise StructureError(f"target '{target_name}' lies outside the patient's body contour; check the CT/structures")
     ctv_cc = float(ctv.sum()) * ct.voxel_volume_cc
@@ -179,7 +187,32 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
         str(ct.meta.get("patient_position", "")).upper() in ("HFP", "FFP")
     nopts = opts.needles
     nopts.min_skin_depth_mm = opts.min_skin_depth_mm
-    layout = plan_needles(fld, nopts, prone=prone)
+    access = "no needle crosses bone, internal air (airway, lung) or an organ at risk"
+    try:
+        layout = plan_needles(fld, nopts, prone=prone)
+        strict_score = max(layout.direction_scores.values())
+    except PlanError:
+        layout, strict_score = None, -1.0
+    if strict_score < 0.6 and (any(targets.classify_oar(n) == "airway" for n in oar_masks) or nogo_parts.get("internal_air")):
+        # Deep mediastinal nodes are often out of reach without crossing lung: CT-guided practice then goes
+        # transpulmonary. Needles may cross lung (not trachea/bronchi or any other OAR); seeds never lie in it.
+        passable = {n for n in oar_masks if "lung" in n.lower()}
+        nogo_path, _ = targets.nogo_mask(ct, body, {n: m for n, m in oar_masks.items() if n not in passable},
+                                         include_air=False)
+        fld_lung = PlanningField(grid=ct, body=body, skin_depth_mm=skin, nogo=nogo_path, ctv=ctv)
+        try:
+            alt = plan_needles(fld_lung, nopts, prone=prone)
+            if max(alt.direction_scores.values()) > 1.5 * max(strict_score, 0.0):
+                layout, fld = alt, fld_lung
+                access = ("transpulmonary: needles may cross lung (" + (", ".join(sorted(passable)) or
+                          "internal air not named as an airway") + "); no needle crosses bone, trachea/bronchi "
+                          "or another organ at risk; no seed lies in lung")
+        except PlanError:
+            pass
+    if layout is None:
+        raise PlanError(f"no insertion direction reaches the CTV of '{target_name}' without crossing bone, air or an "
+                        "organ at risk (anterior, oblique and lateral approaches tried, tilted up to 20 deg); check "
+                        "that the OARs do not cover the target, or plan this node by hand")
     cand, cand_needle, cand_axes = layout.candidates()
     # each candidate seed (4.5 mm long) must be clear of no-go at both ends and deep enough below the skin
     ok = np.ones(len(cand), bool)
@@ -209,7 +242,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     for m in oar_d.values():
         shell &= ~m
     s_pts = _subsample(dgrid.voxel_centers_lps(shell), opts.max_shell_points, rng)
-    o_pts, o_pen = [], []
+    o_pts, o_pen, o_lim = [], [], []
     for n, m in oar_d.items():
         near = m & (dist_out <= 25.0)
         p = _subsample(dgrid.voxel_centers_lps(near), opts.max_oar_points, rng)
@@ -219,6 +252,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
             # per-point weight as if the OAR had 300 points: its hottest 0.1 cc must weigh like the target
             o_pen.append(PointPenalties.uniform(len(p), over1=0.95 * lim, w_over1=3.0, over2=1.1 * lim,
                                                 w_over2=10.0, weight=1.0 / 300.0))
+            o_lim.append((n, lim))
     fixed_pts = np.concatenate([s_pts] + o_pts) if (len(s_pts) or o_pts) else np.zeros((0, 3))
     ns = len(s_pts)
     nt = min(len(ctv_all), opts.max_target_points)
@@ -235,7 +269,9 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
         if ns:
             parts.append(PointPenalties.uniform(ns, over1=rx_gy, w_over1=0.05, over2=1.5 * rx_gy, w_over2=0.1,
                                                 weight=1.0 / ns))
-        return PointPenalties.concat(parts + o_pen)
+        # OAR weights rise with the coverage weight, so a push for coverage does not overrun the limits
+        scale = max(1.0, w_step)
+        return PointPenalties.concat(parts + [_scaled(p, scale) for p in o_pen])
 
     # Optimise on sample points, check on the whole grid, and repeat from the current loading with a fresh
     # sample of CTV points (a fixed sample gets over-fitted: its points covered, the voxels between not)
@@ -247,6 +283,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     oopts = opts.optimizer
     oopts.sparse_threshold_gy = 0.002 * rx_gy
     dose_arr = None
+    best = None
     for rnd in range(opts.rounds):
         say(f"optimising seeds (round {rnd + 1})")
         t_pts = _subsample(ctv_all, nt, np.random.default_rng(100 + rnd))
@@ -267,14 +304,25 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
                        "optimise_s": round(res.seconds, 3), "dose_s": round(t_dose, 3), "stop": res.stop})
         say(f"  {int(x.sum())} seeds: V100 {tm['V100_pct']:.1f} %, D90 {tm['D90_gy']:.1f} Gy, "
             f"V150 {tm['V150_pct']:.1f} %")
+        missed = int(tm["V100_pct"] < opts.v100_goal_pct) + int(tm["D90_gy"] < opts.d90_goal_rx * rx_gy) + \
+            int(tm["V150_pct"] > opts.v150_max_pct)
+        for n, lim in o_lim:
+            dd = np.sort(dose_arr[oar_d[n]])[::-1]
+            k = int(np.ceil(0.1 / dgrid.voxel_volume_cc))
+            missed += int(len(dd) >= k and dd[k - 1] > lim)
+        rank = (missed, -float(tm["V100_pct"]))
+        if best is None or rank < best[0]:
+            best = (rank, x.copy(), dose_arr, rnd + 1)
         cover_ok = tm["V100_pct"] >= opts.v100_goal_pct + 0.5 and tm["D90_gy"] >= opts.d90_goal_rx * rx_gy * 1.01
         hot_ok = tm["V150_pct"] <= opts.v150_max_pct - 1.0
         if cover_ok and hot_ok:
             break
+        # coverage is the primary goal: raise its weight first; the hot-spot weight follows more gently
         if not cover_ok:
-            w_step *= 1.5
+            w_step *= 2.0
         if not hot_ok:
-            w_hot *= 1.6
+            w_hot *= 1.6 if cover_ok else 1.25
+    _, x, dose_arr, kept_round = best  # the round that met most goals (then: highest V100)
     dose_vol = dgrid.with_array(dose_arr.astype(np.float32))
     dose_vol.meta = {"kind": "dose", "units": "GY"}
 
@@ -303,14 +351,17 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     plan.metrics = metrics
     tpl = layout.template.to_dict()
     plan.extra = {
-        "ctv": {"name": "CTV", "margin_mm": opts.margin_mm, "clipped_to": "body contour (HU > -400)",
+        "ctv": {"name": "CTV", "margin_mm": opts.margin_mm,
+                "clipped_to": "body contour (HU > -400)" + (" and the organs at risk (the GTV itself is kept whole)"
+                                                             if opts.ctv_excludes_oars and oar_masks else ""),
                 "cc": round(ctv_cc, 3)},
         "seed_count": len(plan.seeds), "needle_count": len(plan.needles),
         "seed_activity_mci": round(sk / tg43.MCI_TO_U, 4),
         "template": tpl, "insertion_direction": layout.direction,
         "oar_limits": {n: {"D0.1cc_gy": round(v["D0.1cc_gy"], 2), "class": v["class"], "basis": v["basis"]}
                        for n, v in limits.items()},
-        "nogo": {"components_voxels": nogo_parts, "clearance_mm": 1.0 + nopts.nogo_clearance_mm},
+        "nogo": {"components_voxels": nogo_parts, "clearance_mm": 1.0 + nopts.nogo_clearance_mm,
+                 "needle_access": access},
         "min_skin_depth_mm": opts.min_skin_depth_mm,
         "oar_metrics_method": ("TG-43 2D dose (0.25 mm kernel table of navigator.tg43, bilinear) at the OAR's CT "
                                "voxel centres (the 30000 nearest the seeds); D2cc null when the OAR is < 2 cc"),
@@ -318,7 +369,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
                       "origin_mm": [round(float(v), 3) for v in dgrid.origin_mm]},
         "optimizer": {"candidates": int(len(cand)), "candidate_needles": len(layout.needles),
                       "sample_points": {"ctv": nt, "shell": ns, "oar": int(len(fixed_pts) - ns)},
-                      "influence_s": round(t_influence, 3), "rounds": rounds,
+                      "influence_s": round(t_influence, 3), "rounds": rounds, "kept_round": kept_round,
                       "unreached_ctv_cc": round(layout.unreached_cc, 3)},
         "checks": checks,
         "planning_seconds": round(time.perf_counter() - t_start, 2),
@@ -340,6 +391,10 @@ def _plan_metrics(dose_vol: Volume, ctv_d: np.ndarray, oar_d: dict, rx_gy: float
     from . import dvh
 
     return dvh.plan_metrics(dose_vol, ctv_d, oar_d, rx_gy)
+
+
+def _scaled(p: PointPenalties, f: float) -> PointPenalties:
+    return PointPenalties(p.under, p.w_step * f, p.w_under * f, p.over1, p.w_over1 * f, p.over2, p.w_over2 * f)
 
 
 def _oar_metrics_at_voxels(mask: np.ndarray, ct: Volume, plan: Plan, kt, max_voxels: int = 30000) -> dict:

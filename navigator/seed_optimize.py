@@ -28,6 +28,9 @@ from . import tg43
 
 
 # --- kernel table and influence matrix ----------------------------------------------------------------
+_TABLES: dict = {}
+
+
 @dataclass
 class KernelTable:
     """T[iz, irho] = D(z, rho) * (r^2 + a^2) for one seed of the plan's strength, Gy mm^2 (total dose)."""
@@ -43,12 +46,16 @@ def kernel_table(model: tg43.SeedModel, sk_u: float, step_mm: float = 0.25, exte
     D * (r^2 + a^2) varies slowly (the 1/r^2 is taken out), so bilinear lookup stays well under 1 %
     beyond a few mm from the seed; closer in the dose is many times the prescription anyway.
     """
+    key = (model.name, model.tables.checksum(), float(sk_u), step_mm, extent_mm)
+    if key in _TABLES:
+        return _TABLES[key]
     x = np.arange(int(np.ceil(extent_mm / step_mm)) + 2) * step_mm
     z, rho = np.meshgrid(x, x, indexing="ij")
     rate = tg43.dose_rate_cyl_cgy_h(model, sk_u, z / 10.0, rho / 10.0, "2D")
     gy = rate * tg43.total_dose_factor_h(model, None) / 100.0
     a2 = (model.capsule_radius_cm * 10.0) ** 2
-    return KernelTable(np.ascontiguousarray(gy * (z * z + rho * rho + a2)), step_mm, a2)
+    _TABLES[key] = KernelTable(np.ascontiguousarray(gy * (z * z + rho * rho + a2)), step_mm, a2)
+    return _TABLES[key]
 
 
 @njit(parallel=True, cache=True)

@@ -128,6 +128,11 @@ class GuideTemplate:
         lo = np.floor(np.asarray(uv_min_mm, float) / pitch_mm) - margin_holes
         hi = np.ceil(np.asarray(uv_max_mm, float) / pitch_mm) + margin_holes
         n_rows, n_cols = int(hi[0] - lo[0]) + 1, int(hi[1] - lo[1]) + 1
+        if n_rows > MAX_ROWS and n_cols <= MAX_ROWS:
+            # long target: turn the template a quarter (rows along the old columns), 99 columns fit more
+            umin, umax = np.asarray(uv_min_mm, float), np.asarray(uv_max_mm, float)
+            return cls.covering(n, c, (umin[1], -umax[0]), (umax[1], -umin[0]), plane_mm, pitch_mm,
+                                margin_holes, **kw)
         if n_rows > MAX_ROWS or n_cols > MAX_COLS:
             raise PlanError(f"the target needs a template of {n_rows} x {n_cols} holes at {pitch_mm} mm; "
                             f"at most {MAX_ROWS} rows x {MAX_COLS} columns exist")
