@@ -108,12 +108,19 @@ def skin_depth_mm(body: np.ndarray, grid: Volume, near: np.ndarray | None = None
                     for a, mm, n in zip(idx, m, body.shape))
     sub = body[box]
     padded = np.pad(sub, 1, mode="constant", constant_values=True)
-    depth_sub = ndimage.distance_transform_edt(padded, sampling=sampling)[1:-1, 1:-1, 1:-1]
+    dist, nearest = ndimage.distance_transform_edt(padded, sampling=sampling, return_indices=True)
+    # The EDT runs centre to centre; the skin is the face of the nearest air voxel. Walk back from that
+    # voxel's centre to where the line towards this voxel leaves its box: half a voxel along the axis the
+    # line leaves by (exact for any direction on anisotropic voxels).
+    idx = np.indices(padded.shape)
+    v = [(idx[a] - nearest[a]) * sampling[a] for a in range(3)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.min([np.where(v[a] != 0, 0.5 * sampling[a] / np.abs(v[a]), np.inf) for a in range(3)], axis=0)
+    depth_sub = (dist * (1.0 - np.minimum(t, 1.0)))[1:-1, 1:-1, 1:-1]
     if near is not None:
         depth_sub = np.minimum(depth_sub, reach_mm)
     depth = np.where(body, np.float32(reach_mm if near is not None else 0.0), np.float32(0.0))
-    # the EDT measures centre to centre; the skin surface lies half a voxel out from the last tissue voxel
-    depth[box] = np.where(sub, depth_sub - 0.5 * float(min(sampling)), 0.0)
+    depth[box] = np.where(sub, depth_sub, 0.0)
     return np.maximum(depth, 0.0).astype(np.float32)
 
 
