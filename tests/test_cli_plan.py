@@ -1,0 +1,155 @@
+"""``navigator plan`` end to end on a real CT (STS_004: feet-first supine, 296 cc sarcoma): the files of the
+CLI contract, DICOM RT objects that pass dciodvfy and read back into the same plan, and exit code 2 with a
+clear message on bad input."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+
+from navigator.cli import main
+from navigator.dicom_ct import load_ct_series
+from navigator.dicom_write import read_rtdose, write_rtstruct
+from navigator.plan import Plan
+from navigator.structures import read_structure_set, structure_mask
+
+STS = "/work/shared/data/ibsi-sts-ct"
+ARGS = ["--rx-gy", "120", "--seed-model", "6711", "--seed-activity-mci", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def sts004(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plan_sts004")
+    rc = main(["plan", "--ct", f"{STS}/STS_004/ct", "--structures", f"{STS}/STS_004/RS.dcm",
+               "--target", "GTV_Mass_CT", *ARGS, "--out", str(out)])
+    return rc, out
+
+
+def test_exit_code_and_files(sts004):
+    rc, out = sts004
+    assert rc == 0
+    for name in ("plan.json", "RTPLAN.dcm", "RTSTRUCT.dcm", "RTDOSE.dcm", "plan.html"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_plan_json_contract_and_goals(sts004):
+    _, out = sts004
+    d = json.loads((out / "plan.json").read_text())
+    ct_uid = pydicom.dcmread(next((__import__("pathlib").Path(f"{STS}/STS_004/ct")).glob("*.dcm")),
+                             stop_before_pixels=True)
+    assert d["frame_of_reference_uid"] == ct_uid.FrameOfReferenceUID
+    assert d["ct_series_uid"] == ct_uid.SeriesInstanceUID
+    assert d["target"] == "GTV_Mass_CT" and d["prescription_gy"] == 120.0 and d["seed_model"] == "6711"
+    assert d["seed_sk_u"] == pytest.approx(0.635, abs=1e-3)
+    assert all(set(n) == {"id", "hole", "entry_mm", "tip_mm"} for n in d["needles"])
+    assert all(set(s) == {"id", "needle_id", "position_mm"} for s in d["seeds"])
+    m = d["metrics"]
+    assert set(m) >= {"ctv_cc", "D90_gy", "D100_gy", "V90_pct", "V100_pct", "V150_pct", "V200_pct", "HI", "oars"}
+    assert m["D90_gy"] >= 120.0 and m["V100_pct"] >= 95.0 and m["V150_pct"] <= 60.0
+    assert m["HI"] == pytest.approx((m["V100_pct"] - m["V150_pct"]) / m["V100_pct"], abs=1e-6)
+    assert d["checks"]["all_ok"] and d["checks"]["seeds_below_skin"]["min_depth_mm"] >= 10.0
+    assert 380 < m["ctv_cc"] < 520 and 150 <= d["seed_count"] <= 400
+    ids = {n["id"] for n in d["needles"]}
+    assert all(s["needle_id"] in ids for s in d["seeds"])
+
+
+@pytest.mark.parametrize("name", ["RTPLAN.dcm", "RTSTRUCT.dcm", "RTDOSE.dcm"])
+def test_rt_objects_pass_dciodvfy(sts004, name):
+    _, out = sts004
+    assert shutil.which("dciodvfy"), "dciodvfy (Debian dicom3tools) is needed: scripts/test installs it"
+    r = subprocess.run(["dciodvfy", str(out / name)], capture_output=True, text=True, timeout=120)
+    errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+    assert not errors, errors
+
+
+def test_rtplan_reads_back_into_the_same_plan(sts004):
+    from navigator.dicom_rt import read_rtplan
+
+    _, out = sts004
+    plan = Plan.load(out / "plan.json")
+    back = read_rtplan(out / "RTPLAN.dcm")
+    assert back.frame_of_reference_uid == plan.frame_of_reference_uid
+    assert back.prescription_gy == pytest.approx(plan.prescription_gy)
+    assert back.seed_sk_u == pytest.approx(plan.seed_sk_u, rel=1e-4)
+    assert back.seed_model == plan.seed_model
+    assert [n.id for n in back.needles] == [n.id for n in plan.needles]
+    for a, b in zip(plan.needles, back.needles):
+        assert a.hole == b.hole
+        assert np.allclose(a.entry_mm, b.entry_mm, atol=0.01) and np.allclose(a.tip_mm, b.tip_mm, atol=0.01)
+    assert len(back.seeds) == len(plan.seeds)
+    assert np.allclose(back.seed_positions_mm(), plan.seed_positions_mm(), atol=0.01)
+    assert [s.needle_id for s in back.seeds] == [s.needle_id for s in plan.seeds]
+
+
+def test_rtdose_and_rtstruct_read_back(sts004):
+    _, out = sts004
+    d = json.loads((out / "plan.json").read_text())
+    dose = read_rtdose(out / "RTDOSE.dcm")
+    g = d["dose_grid"]
+    assert np.allclose(dose.spacing_mm, g["spacing_mm"]) and np.allclose(dose.origin_mm, g["origin_mm"], atol=1e-3)
+    assert list(dose.shape_ijk) == g["shape_ijk"]
+    ds = pydicom.dcmread(out / "RTDOSE.dcm", stop_before_pixels=True)
+    plan_uid = pydicom.dcmread(out / "RTPLAN.dcm", stop_before_pixels=True).SOPInstanceUID
+    assert ds.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == plan_uid
+    assert ds.DoseUnits == "GY" and ds.FrameOfReferenceUID == d["frame_of_reference_uid"]
+    # the plan's seeds reproduce the exported dose at a few points (independent reference evaluation)
+    from navigator import dose as dose_mod
+    from navigator import tg43
+
+    plan = Plan.load(out / "plan.json")
+    rng = np.random.default_rng(2)
+    ijk = rng.integers(0, np.array(dose.shape_ijk), size=(200, 3))
+    pts = dose.ijk_to_lps(ijk)
+    ref = dose_mod.dose_at_points(pts, plan.seed_positions_mm(), plan.seed_axes(), plan.seed_sk_u,
+                                  tg43.load_seed_model("6711"))
+    got = dose.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]]
+    near = np.min(np.linalg.norm(pts[:, None] - plan.seed_positions_mm()[None], axis=2), axis=1) > 3.0
+    assert np.allclose(got[near], ref[near], rtol=0.01, atol=0.05)
+
+    ct = load_ct_series(f"{STS}/STS_004/ct")
+    st = read_structure_set(out / "RTSTRUCT.dcm", ct)
+    assert {"GTV_Mass_CT", "CTV"} <= set(st)
+    needles = [k for k in st if k.startswith("Needle ")]
+    assert len(needles) == len(plan.needles)
+    ctv_cc = structure_mask(st["CTV"], ct).sum() * ct.voxel_volume_cc
+    assert ctv_cc == pytest.approx(d["ctv"]["cc"], rel=0.03)
+
+
+def test_plan_html(sts004):
+    _, out = sts004
+    html = (out / "plan.html").read_text()
+    assert html.count("<img") >= 2 and "D90_gy" in html and "isodose" in html.lower()
+
+
+# --- bad input: exit 2 with a clear message --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_rs(tmp_path_factory):
+    ct = load_ct_series(f"{STS}/STS_001/ct")
+    st = read_structure_set(f"{STS}/STS_001/RS.dcm", ct)
+    far = [c + np.array([0.0, 0.0, 1000.0]) for c in st["GTV_Mass_CT"].contours[:3]]
+    path = tmp_path_factory.mktemp("bad_rs") / "RS.dcm"
+    write_rtstruct(path, ct, {"Empty": [], "Far": far, "GTV_Mass_CT": st["GTV_Mass_CT"]})
+    return path
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target", "Nope"], "it holds: Empty, Far, GTV_Mass_CT"),
+    (["--target", "Empty"], "no contours"),
+    (["--target", "Far"], "outside the CT"),
+    (["--target", "GTV_Mass_CT", "--rx-gy", "0"], "must be > 0 Gy"),
+    (["--target", "GTV_Mass_CT", "--rx-gy", "-120"], "must be > 0 Gy"),
+    (["--target", "GTV_Mass_CT", "--seed-model", "6702"], "unknown seed model"),
+    (["--target", "GTV_Mass_CT", "--seed-activity-mci", "-0.5"], "positive"),
+])
+def test_bad_input_exit_2(bad_rs, tmp_path, capsys, extra, message):
+    args = ["plan", "--ct", f"{STS}/STS_001/ct", "--structures", str(bad_rs), *ARGS, "--out", str(tmp_path)]
+    # later options win in argparse, so the bad value given in ``extra`` replaces the good default
+    rc = main(args + extra)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "plan.json").exists()
