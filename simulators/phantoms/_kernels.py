@@ -27,7 +27,7 @@ P0 = 15         # type-specific parameters start here
 MAX_LOBES = 6
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _sdf(row, x, y, z):
     """Signed distance (mm, < 0 inside, approximate away from the surface) of point (x, y, z) to one shape."""
     t = row[0]
@@ -102,7 +102,7 @@ def _sdf(row, x, y, z):
     return 1e9
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _occ(row, x, y, z, w):
     """Occupancy in [0, 1] of a sample at (x, y, z) with ramp width w (mm)."""
     dx = x - row[1]
@@ -120,7 +120,7 @@ def _occ(row, x, y, z, w):
     return o
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _group_occ(shapes, plus_idx, plus_lo, plus_hi, minus_idx, minus_lo, minus_hi, x, y, z, w):
     o = 0.0
     for p in range(plus_lo, plus_hi):
@@ -139,7 +139,7 @@ def _group_occ(shapes, plus_idx, plus_lo, plus_hi, minus_idx, minus_lo, minus_hi
     return max(0.0, o - m)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _to_preplan(ijk_i, ijk_j, ijk_k, origin, dir_sp, s2p, dcent, ddisp, dsig):
     """Scan voxel index (continuous) -> pre-plan LPS mm through the rigid and deformable truth."""
     yx = origin[0] + dir_sp[0, 0] * ijk_i + dir_sp[0, 1] * ijk_j + dir_sp[0, 2] * ijk_k
@@ -165,7 +165,7 @@ def _to_preplan(ijk_i, ijk_j, ijk_k, origin, dir_sp, s2p, dcent, ddisp, dsig):
     return ox, oy, oz
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _group_occ_tile(shapes, status, plus_idx, plus_lo, plus_hi, minus_idx, minus_lo, minus_hi, x, y, z, w):
     """Group occupancy using the tile's per-shape status (0 outside, 1 inside, 2 cut by the surface)."""
     o = 0.0
@@ -322,7 +322,7 @@ def paint_bruteforce(out, origin, dir_sp, s2p, dcent, ddisp, dsig, nsub, w, shap
 
 # --- metal objects: cylinders (needles, flat ends) and capsules (seeds), supersampled ---------------------
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _inside_rod(px, py, pz, ax, ay, az, ux, uy, uz, length, radius, capsule):
     """Is point p inside a rod from a along unit u of ``length`` and ``radius``? Capsule: rounded ends."""
     qx = px - ax
