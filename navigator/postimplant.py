@@ -168,6 +168,8 @@ def run_postimplant(plan: Plan, preplan_ct: Volume, post_ct: Volume, structures:
                         f"given is in {preplan_ct.frame_of_reference_uid}; give the CT the plan was made on")
     rx = float(plan.prescription_gy)
     model = tg43.load_seed_model(plan.seed_model)
+    # a scan with no seeds (the pre-plan CT given twice...) is refused before the slow registration
+    find_seeds(post_ct, settings=o.seed_finding)
 
     t = time.perf_counter()
     ctv_pre, oars_pre = preplan_masks(plan, preplan_ct, structures)

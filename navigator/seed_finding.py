@@ -59,6 +59,7 @@ class SeedFindingSettings:
     slice_profile: str = "box"            # "box" (whole slice averaged, as our phantoms) or "gaussian" (FWHM = thickness)
     min_fraction_of_seed: float = 0.4     # a blob with less than this fraction of one seed's integral is noise
     max_seeds_per_blob: int = 12          # more than this in one blob: not seeds (bone, a clip, a wire)
+    min_seed_integral_hu_mm3: float = 5000.0   # a 2.3 mm3 metal seed carries more excess HU x volume than this
     thick_slice_mm: float = 2.0           # slices at least this thick use the slice-profile z fit
     migration_mm: float = 10.0            # found seed this far from every planned position: migrated
     em_iterations: int = 40
@@ -150,6 +151,11 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     blobs = [b for lab, sl in enumerate(objects) for b in _measure_blob(arr, labels, lab + 1, sl, spacing, psf_var, s)]
 
     unit = _calibrate_unit([b["integral"] for b in blobs], expected)
+    if unit < s.min_seed_integral_hu_mm3:
+        raise InputError(
+            f"post-implant CT: the {len(blobs)} bright object(s) above {s.threshold_hu:.0f} HU are too faint for "
+            f"I-125 seeds (typical excess {unit / 1000:.1f} HU.cc per object, a seed carries more than "
+            f"{s.min_seed_integral_hu_mm3 / 1000:.0f}); no seed found: check that this is the post-implant scan")
     warnings: list[str] = []
     for b in blobs:
         b["ratio"] = b["integral"] / unit
@@ -180,8 +186,9 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
         for c_img, cov, _ in _split_blob(b, planned_img, psf_var, s):
             recs.append({"c": c_img.copy(), "cov": cov, "b": b, "bi": bi})
     recs = _resplit_parents(recs, psf_var, s)
+    ab = _elongation_scale(recs, thick, s)
     for r in recs:
-        r["axis"], r["reliable"] = _axis_from_cov(r["cov"], psf_var, thick, s)
+        r["axis"], r["reliable"] = _axis_from_cov(r["cov"], psf_var, thick, s, ab)
     if thick:
         _refine_z_thick(recs, spacing[2], thickness, s)
     for r in recs:
@@ -504,8 +511,27 @@ def _make_seed(r, ct, spacing, thick, planned_img, planned_axes_img) -> FoundSee
     return FoundSeed(position_mm=pos, axis=axis, axis_source=source, blob=r["bi"], blob_seeds=b["n"])
 
 
-def _axis_from_cov(cov, psf_var, thick, s) -> tuple[np.ndarray, bool]:
-    a_minus_b = s.seed_length_mm ** 2 / 12.0 - s.seed_diameter_mm ** 2 / 16.0
+def _elongation_scale(recs, thick, s) -> float:
+    """In-plane variance difference (mm^2) of a seed lying in plane. Theory for a 4.5 x 0.8 mm cylinder is
+    L^2/12 - D^2/16; rounded ends, clipping and the integration window make the imaged seed look shorter, so
+    with thick slices (where the tilt is read from it) it is taken from this scan's single seeds: the 90th
+    percentile of their in-plane elongation (most seeds lie close to the plane), within 0.5-1.2 x theory."""
+    theory = s.seed_length_mm ** 2 / 12.0 - s.seed_diameter_mm ** 2 / 16.0
+    if not thick:
+        return theory
+    diffs = []
+    for r in recs:
+        if r["b"]["n"] == 1:
+            ev = np.linalg.eigvalsh(r["cov"][:2, :2])
+            diffs.append(ev[1] - ev[0])
+    if len(diffs) < 5:
+        return theory
+    return float(np.clip(np.percentile(diffs, 90), 0.5 * theory, 1.2 * theory))
+
+
+def _axis_from_cov(cov, psf_var, thick, s, a_minus_b=None) -> tuple[np.ndarray, bool]:
+    if a_minus_b is None:
+        a_minus_b = s.seed_length_mm ** 2 / 12.0 - s.seed_diameter_mm ** 2 / 16.0
     if not thick:
         ev, evec = np.linalg.eigh(cov - np.diag(psf_var))
         u = evec[:, 2]
