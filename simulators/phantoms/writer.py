@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from navigator.image import Volume
 
 from .cases import Patient, make_patient
@@ -38,6 +40,20 @@ def _write_ct(ct: Volume, out_dir: Path, description: str) -> None:
                     body_part=ct.meta.get("BodyPartExamined"), uid_seed=f"phantom/{ct.series_uid}")
 
 
+def drop_collinear(poly: np.ndarray, tol_mm: float = 1e-6) -> np.ndarray:
+    """The same closed polygon without its exactly collinear vertices (marching squares puts one on every
+    pixel edge; a straight or 45-degree run needs only its ends). The outline, and so the mask it encloses,
+    is unchanged; the RT Structure Set gets several times fewer points."""
+    if len(poly) < 4:
+        return poly
+    prev = np.roll(poly, 1, axis=0)
+    nxt = np.roll(poly, -1, axis=0)
+    cross = np.linalg.norm(np.cross(poly - prev, nxt - poly), axis=1)
+    span = np.linalg.norm(nxt - prev, axis=1)
+    keep = cross > tol_mm * np.maximum(span, 1e-12)
+    return poly[keep] if keep.sum() >= 3 else poly
+
+
 def write_patient(patient: Patient, out_dir) -> WrittenCase:
     """Write a made patient (see module docstring)."""
     from navigator.dicom_write import PatientInfo, write_rtstruct
@@ -46,7 +62,7 @@ def write_patient(patient: Patient, out_dir) -> WrittenCase:
     ct_dir = out / "preplan" / "ct"
     _write_ct(patient.ct, ct_dir, patient.ct.meta.get("series_description", "phantom pre-plan CT"))
     order = [patient.target] + [n for n in patient.structures if n != patient.target]
-    contours = {name: patient.contours(name) for name in order}
+    contours = {name: [drop_collinear(c) for c in patient.contours(name)] for name in order}
     rs = write_rtstruct(out / "preplan" / "RS.dcm", patient.ct, contours, PatientInfo.from_volume(patient.ct),
                         roi_types=ROI_TYPES, label="phantom", series_description="phantom structures",
                         uid_seed=f"phantom/{patient.ct.series_uid}/rtstruct")
