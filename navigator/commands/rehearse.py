@@ -1,0 +1,63 @@
+"""``navigator rehearse [--out DIR] [--seed N] [--case NAME] [--device URL]``: the main job.
+
+A whole simulated procedure on a synthetic patient (navigator/rehearsal.py). Running it again on the same
+``--out`` resumes from the journal (after a crash or a kill): the device is reconciled first and no seed is
+released twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from ._common import Progress, emit, write_json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="out/rehearsal", help="output folder (default out/rehearsal)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed: same seed, same rehearsal (default 1)")
+    parser.add_argument("--case", default="neck", help="phantom case (python -m simulators.phantoms list)")
+    parser.add_argument("--device", metavar="URL", default=None,
+                        help="drive this applicator instead of the built-in simulator (socket://HOST:PORT, ...)")
+    parser.add_argument("--rx-gy", type=float, default=120.0, help="prescription (matched peripheral dose), Gy")
+    parser.add_argument("--seed-activity-mci", type=float, default=0.5, dest="activity_mci",
+                        help="apparent activity per seed, mCi (default 0.5)")
+    parser.add_argument("--seed-model", default="6711", help="seed model (6711 or IAI-125A)")
+    parser.add_argument("--json", action="store_true", help="print rehearsal.json to stdout instead of a summary")
+
+
+def run(args) -> int:
+    from simulators.phantoms import list_cases
+
+    from ..rehearsal import Rehearsal, RehearsalOptions
+    from ..rehearsal_report import write_report
+
+    if args.case not in list_cases():
+        raise InputError(f"--case {args.case!r}: no such phantom case; choose one of {', '.join(list_cases())}")
+    if args.rx_gy <= 0:
+        raise InputError(f"--rx-gy {args.rx_gy}: the prescription must be > 0 Gy (typically 110-160 Gy)")
+    out = Path(args.out)
+    progress = Progress(enabled=True)
+    opts = RehearsalOptions(out=out, case=args.case, seed=args.seed, device_url=args.device, rx_gy=args.rx_gy,
+                            activity_mci=args.activity_mci, seed_model=args.seed_model, progress=progress.step)
+    rehearsal = Rehearsal(opts)
+    try:
+        result = rehearsal.run()
+    finally:
+        rehearsal.stop_device()
+    write_json(out / "rehearsal.json", result)
+    progress.step("writing report.html ...")
+    write_report(out, result)
+    pre, post, final = result["preplan_metrics"], result["postimplant_metrics"], result["final_metrics"]
+    summary = (
+        f"rehearsal of case {result['case']} (seed {result['seed']}), prescription {result['prescription_gy']:.0f} Gy\n"
+        f"  seeds: {result['seeds_planned']} planned, {result['seeds_released']} released, "
+        f"{result['supplementary_seeds']} supplementary; device counted {result['device_released_total']}\n"
+        f"  D90: pre-plan {pre['D90_gy']:.1f} Gy -> post-implant {post['D90_gy']:.1f} Gy -> "
+        f"final {final['D90_gy']:.1f} Gy\n"
+        f"  V100: {pre['V100_pct']:.1f} % -> {post['V100_pct']:.1f} % -> {final['V100_pct']:.1f} %\n"
+        f"  needle scans: " + ", ".join(f"{s['scan']} #{s['round']}: {s['out_of_tolerance']}/{s['needles']} out"
+                                        for s in result["needle_scans"]) + "\n"
+        f"  {result['seconds']:.0f} s; report: {out / 'report.html'}")
+    emit(args, result, summary)
+    return 0
