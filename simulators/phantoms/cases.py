@@ -290,12 +290,33 @@ def postimplant_scan(patient: Patient, seeds_mm, axes, motion=None, rng=None, sl
     return render_scan(patient, "postimplant", motion, needles, seeds_mm, axes, slice_mm, length_mm, rng, **kw)
 
 
+_NO_GO = ("Spine", "SpinalCord", "Sternum", "Trachea", "MainBronchus_R", "MainBronchus_L", "Esophagus", "Aorta",
+          "PulmonaryArtery", "SVC", "CarotidArtery_R", "CarotidArtery_L", "JugularVein_R", "JugularVein_L",
+          "Lung_R", "Lung_L")
+
+
+def _path_cost(patient: Patient, center_mm, u) -> tuple[int, float]:
+    """(no-go voxels crossed, path length mm) on the straight path to ``center_mm`` arriving along ``u``."""
+    body = patient.structures["BODY"]
+    no_go = [patient.structures[n] for n in _NO_GO if n in patient.structures]
+    hits, step = 0, 0.0
+    shape = np.array(patient.ct.shape_ijk)
+    while step < 300.0:
+        step += 1.0
+        ijk = np.rint(patient.ct.lps_to_ijk(center_mm - step * np.asarray(u))).astype(int)
+        if np.any(ijk < 0) or np.any(ijk >= shape) or not body[ijk[2], ijk[1], ijk[0]]:
+            break
+        hits += sum(bool(m[ijk[2], ijk[1], ijk[0]]) for m in no_go)
+    return hits, step
+
+
 def demo_implant(patient: Patient, n_needles: int = 20, seeds_per_needle: int = 3, spacing_mm: float | None = None,
                  standoff_mm: float = 15.0):
     """A plausible implant for tests and benchmarks (not a plan): parallel needles from outside the skin through
     the node on a square lattice perpendicular to the approach, seeds evenly spaced inside the node.
 
-    Approach: from the body surface nearest the node. Returns ``(needles, seeds_mm, seed_axes)`` in the pre-plan
+    Approach: in the axial plane, from the body surface nearest the node unless that path crosses bone, airway,
+    vessels or lung; then the shortest axial path that crosses the fewest such voxels. Returns ``(needles, seeds_mm, seed_axes)`` in the pre-plan
     frame: ``needles`` a list of ``(entry_mm, tip_mm)`` (entry ``standoff_mm`` outside the skin), ``seeds_mm``
     (N, 3), ``seed_axes`` (N, 3) along the needles.
     """
@@ -303,6 +324,9 @@ def demo_implant(patient: Patient, n_needles: int = 20, seeds_per_needle: int = 
     body_c = np.array(patient.anatomy.params["body_center_mm"])
     u = np.array([c[0] - body_c[0], c[1] - body_c[1], 0.0])
     u = -u / np.linalg.norm(u)             # from outside towards the node
+    if _path_cost(patient, c, u)[0] > 0:
+        cands = [np.array([np.cos(t), np.sin(t), 0.0]) for t in np.deg2rad(np.arange(0.0, 360.0, 10.0))]
+        u = min(cands, key=lambda v: _path_cost(patient, c, v))
     e1 = np.cross(u, [0.0, 0.0, 1.0])
     e1 /= np.linalg.norm(e1)
     e2 = np.cross(u, e1)
