@@ -96,7 +96,7 @@ def test_node_sizes_follow_the_option():
 
 
 def test_mediastinum_case():
-    p = ph.make_patient("mediastinum", 2, n_slices=24)
+    p = ph.make_patient("mediastinum", 2, n_slices=12)
     for name in ("GTV", "BODY", "Aorta", "Lung_L", "Lung_R", "Sternum", "Trachea", "Esophagus", "Spine",
                  "SpinalCord", "MainBronchus_L", "MainBronchus_R"):
         assert name in p.structures, name
@@ -193,6 +193,17 @@ def test_cli_list_and_write(tmp_path):
     assert (tmp_path / "c" / "preplan" / "RS.dcm").is_file() and (tmp_path / "c" / "truth.json").is_file()
     assert len(list((tmp_path / "c" / "preplan" / "ct").glob("*.dcm"))) == 20
     assert ph.load_truth(tmp_path / "c" / "truth.json")["case"] == "neck_small"
+
+
+def test_scan_takes_needle_draws_and_a_smaller_field_of_view(neck):
+    needles, _, _ = ph.demo_implant(neck, n_needles=3)
+    draws = ph.draw_needles(needles, ph.NeedleErrorModel(1.0, 1.0, 1.0), np.random.default_rng(2))
+    io = ph.intraop_scan(neck, draws, length_mm=20.0, matrix=(128, 96), pixel_mm=0.7, rng=4)
+    assert io.array.shape == (8, 96, 128) and io.spacing_mm[0] == 0.7
+    t = io.meta["truth"]
+    assert [d["tip_mm"] for d in t["needle_draws"]] == [d.tip_mm.tolist() for d in draws]
+    np.testing.assert_allclose(t["needles_mm"][1][1], draws[1].tip_mm)   # no motion: scan frame = pre-plan
+    assert t["needle_draws"][0]["tip_error_mm"] == pytest.approx(draws[0].tip_error_mm)
 
 
 def test_write_scan(tmp_path, neck):

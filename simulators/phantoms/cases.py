@@ -208,17 +208,21 @@ def _digest(*arrays) -> str:
 
 def render_scan(patient: Patient, kind: str, motion=None, needles=(), seeds_mm=None, seed_axes=None,
                 slice_mm: float = 2.5, length_mm: float = 100.0, rng=None, scanner: ScannerModel | None = None,
-                center_offset_mm=None) -> Volume:
+                center_offset_mm=None, matrix=None, pixel_mm: float | None = None) -> Volume:
     """A CT of the moved patient with needles and/or seeds, in its own frame (see module docstring).
 
     ``needles``: ``(entry_mm, tip_mm)`` pairs, ``seeds_mm`` (N, 3) and ``seed_axes`` (N, 3 or one 3-vector),
     all in the pre-plan frame; they move with the patient (end points and seed centres through the full
     motion, seed axes by its rigid part). ``motion``: a ``Motion``, a 4x4 ``preplan_to_scan``, or None.
     The field of view is centred on the node (+ ``center_offset_mm``, default a random few mm) over
-    ``length_mm``. ``rng``: Generator or int; default derived from the patient, kind and inputs.
+    ``length_mm``, with the pre-plan CT's matrix and pixel size unless ``matrix`` ((columns, rows)) or
+    ``pixel_mm`` are given. ``needles`` may also be ``NeedleDraw``s: their draws are then recorded in the
+    truth (``needle_draws``). ``rng``: Generator or int; default derived from the patient, kind and inputs.
     """
     motion = Motion.coerce(motion)
     scanner = scanner or patient.scanner
+    draws = [n.to_dict() for n in needles if hasattr(n, "to_dict")]
+    needles = [(n.entry_mm, n.tip_mm) if hasattr(n, "entry_mm") else n for n in needles]
     needles = [(np.asarray(e, float).reshape(3), np.asarray(t, float).reshape(3)) for e, t in needles]
     seeds_pre = np.zeros((0, 3)) if seeds_mm is None else np.asarray(seeds_mm, dtype=float).reshape(-1, 3)
     axes_pre = _unit(seed_axes if seed_axes is not None else [0, 0, 1], len(seeds_pre)) if len(seeds_pre) \
@@ -233,8 +237,9 @@ def render_scan(patient: Patient, kind: str, motion=None, needles=(), seeds_mm=N
     offset = rng.uniform(-6, 6, size=3) if center_offset_mm is None else np.asarray(center_offset_mm, float)
     center = motion.preplan_to_scan(patient.node_center_mm) + offset
     n_slices = max(1, int(round(length_mm / slice_mm)))
-    matrix = (patient.ct.array.shape[2], patient.ct.array.shape[1])
-    grid = _grid(center, float(patient.ct.spacing_mm[0]), float(slice_mm), matrix, n_slices,
+    matrix = matrix or (patient.ct.array.shape[2], patient.ct.array.shape[1])
+    pixel = float(pixel_mm or patient.ct.spacing_mm[0])
+    grid = _grid(center, pixel, float(slice_mm), matrix, n_slices,
                  _direction(patient.patient_position))
 
     needles_scan = [(motion.preplan_to_scan(e), motion.preplan_to_scan(t)) for e, t in needles]
@@ -267,6 +272,7 @@ def render_scan(patient: Patient, kind: str, motion=None, needles=(), seeds_mm=N
                     "node_center_mm": motion.preplan_to_scan(patient.node_center_mm).tolist(),
                     "needles_mm": [[e.tolist(), t.tolist()] for e, t in needles_scan],
                     "needles_preplan_mm": [[e.tolist(), t.tolist()] for e, t in needles],
+                    "needle_draws": draws,
                     "seeds_mm": seeds_scan.tolist(),
                     "seed_axes": axes_scan.tolist(),
                     "seeds_preplan_mm": seeds_pre.tolist(),
