@@ -125,6 +125,7 @@ class RegistrationResult:
     consistency_residuals_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))
     initial_translation_mm: np.ndarray = field(default_factory=lambda: np.zeros(3))
     overlap_fraction: float = 1.0
+    chosen: str = "forward"  # which estimate was kept: forward, backward (inverted) or their midpoint
     refusal: str = ""  # why it was refused, empty when accepted
     fixed_frame_of_reference_uid: str = ""
     moving_frame_of_reference_uid: str = ""
@@ -170,6 +171,7 @@ class RegistrationResult:
             "consistency_residuals_mm": np.round(self.consistency_residuals_mm, 4).tolist(),
             "initial_translation_mm": [round(float(v), 3) for v in self.initial_translation_mm],
             "overlap_fraction": round(float(self.overlap_fraction), 4),
+            "chosen": self.chosen,
             "refusal": self.refusal,
             "fixed_frame_of_reference_uid": self.fixed_frame_of_reference_uid,
             "moving_frame_of_reference_uid": self.moving_frame_of_reference_uid,
@@ -215,25 +217,37 @@ def check_same_patient(fixed: Volume, moving: Volume) -> None:
 # --- resampling --------------------------------------------------------------------------------------------
 
 
-def _crop_isotropic(vol: Volume, centre_mm, half_mm: float, step_mm: float, default_hu: float):
+def _crop_isotropic(vol: Volume, centre_mm, half_mm: float, step_mm: float, default_hu: float,
+                    metal_hu: float = np.inf):
     """Resample ``vol`` onto an axis-aligned LPS grid (identity direction) around ``centre_mm``.
 
-    Returns (sitk image float32, inside fraction): voxels outside the scan get ``default_hu``.
+    Returns (sitk image float32, inside fraction, metal (z, y, x) bool): voxels outside the scan get
+    ``default_hu``; ``metal`` marks grid voxels touched by a scan voxel above ``metal_hu``.
     """
     import SimpleITK as sitk
 
     n = int(np.ceil(2 * half_mm / step_mm)) + 1
     origin = np.asarray(centre_mm, dtype=float) - step_mm * (n - 1) / 2.0
-    img = _subvolume(vol, origin, origin + step_mm * (n - 1)).to_sitk()
-    if img.GetPixelID() != sitk.sitkFloat32:
-        img = sitk.Cast(img, sitk.sitkFloat32)
-    out = sitk.Resample(img, [n, n, n], sitk.Transform(), sitk.sitkLinear, tuple(origin),
-                        (step_mm,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1), float(default_hu), sitk.sitkFloat32)
+    sub = _subvolume(vol, origin, origin + step_mm * (n - 1))
+    img = sub.to_sitk()
+    grid = ([n, n, n], sitk.Transform(), sitk.sitkLinear, tuple(origin), (step_mm,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    # the metal is found on the scan's own voxels: smoothing and resampling would dilute a 1.3 mm needle
+    metal_sub = sub.array > metal_hu
+    metal = np.zeros((n, n, n), dtype=bool)
+    if metal_sub.any():
+        m_img = sub.with_array(metal_sub.astype(np.float32)).to_sitk()
+        metal = sitk.GetArrayFromImage(sitk.Resample(m_img, *grid, 0.0, sitk.sitkFloat32)) > 0.01
+    # anti-aliasing: where the scan is finer than the grid (in-plane pixels), smooth to the grid's scale
+    # before sampling it, or noise and aliasing would wobble the metric by tenths of a millimetre
+    sig = [float(np.sqrt(max((step_mm / 2.0) ** 2 - (sp / 2.0) ** 2, 0.0))) for sp in vol.spacing_mm]
+    if max(sig) > 0.05:
+        img = sitk.DiscreteGaussian(img, [v * v for v in sig], 32, 0.01, True)
+    out = sitk.Resample(img, *grid, float(default_hu), sitk.sitkFloat32)
     # fraction of the grid inside the scan: cheap on the grid corners' lattice (every 4th voxel)
     g = np.arange(0, n, 4) * step_mm
     pts = origin + np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     inside = float(np.mean(vol.contains_lps(pts)))
-    return out, inside
+    return out, inside, metal
 
 
 def _subvolume(vol: Volume, lo_mm, hi_mm, margin_vox: int = 2) -> Volume:
@@ -250,11 +264,10 @@ def _subvolume(vol: Volume, lo_mm, hi_mm, margin_vox: int = 2) -> Volume:
                   spacing_mm=vol.spacing_mm, direction=vol.direction)
 
 
-def _metal_mask(img_hu_np: np.ndarray, metal_hu: float, dilation_mm: float, step_mm: float) -> np.ndarray:
-    """True where the metric may look (no metal, no halo). Array (z, y, x) like sitk.GetArrayFromImage."""
+def _metal_mask(metal: np.ndarray, dilation_mm: float, step_mm: float) -> np.ndarray:
+    """True where the metric may look: not metal, not its halo. Arrays (z, y, x) like sitk.GetArrayFromImage."""
     from scipy import ndimage
 
-    metal = img_hu_np > metal_hu
     if not metal.any():
         return np.ones_like(metal)
     r = max(1, int(round(dilation_mm / step_mm)))
@@ -348,9 +361,10 @@ def _fft_translation(fixed_np: np.ndarray, fixed_valid: np.ndarray, moving_np: n
 def _correlate_valid(big: np.ndarray, small: np.ndarray) -> np.ndarray:
     """sum_x small(x) big(x + t) for every shift t keeping ``small`` inside ``big`` (numpy FFT, float64)."""
     shape = [b + s - 1 for b, s in zip(big.shape, small.shape)]
-    fb = np.fft.rfftn(big, shape)
-    fs = np.fft.rfftn(small[::-1, ::-1, ::-1], shape)
-    full = np.fft.irfftn(fb * fs, shape)
+    axes = (0, 1, 2)
+    fb = np.fft.rfftn(big, shape, axes=axes)
+    fs = np.fft.rfftn(small[::-1, ::-1, ::-1], shape, axes=axes)
+    full = np.fft.irfftn(fb * fs, shape, axes=axes)
     sl = tuple(slice(s - 1, b) for b, s in zip(big.shape, small.shape))
     return full[sl]
 
@@ -394,6 +408,41 @@ def _run_one(s: RegistrationSettings, fixed_img, fixed_mask, moving_img, moving_
             "check that the intraop series covers the target region, then rescan") from None
     stop = r.GetOptimizerStopConditionDescription()
     return _euler_to_matrix(tx), float(r.GetMetricValue()), stop, int(r.GetOptimizerIteration()), obs
+
+
+def _metric_at(s: RegistrationSettings, fixed_img, fixed_mask, moving_img, moving_mask, matrix: np.ndarray,
+               centre_mm: np.ndarray) -> float:
+    """The metric of a given transform on every fixed voxel (no sampling noise), at full resolution."""
+    import SimpleITK as sitk
+
+    full = RegistrationSettings(**{**asdict(s), "shrink_factors": (1,), "smoothing_sigmas_mm": (0.0,),
+                                   "sampling_strategy": "none", "sampling_fractions": (1.0,)})
+    r = build_registration_method(full)
+    if fixed_mask is not None:
+        r.SetMetricFixedMask(fixed_mask)
+    if moving_mask is not None:
+        r.SetMetricMovingMask(moving_mask)
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter(tuple(float(v) for v in centre_mm))
+    tx.SetMatrix(tuple(float(v) for v in matrix[:3, :3].ravel()), 1e-5)
+    tx.SetTranslation(tuple(float(v) for v in matrix[:3, 3] - (centre_mm - matrix[:3, :3] @ centre_mm)))
+    r.SetInitialTransform(tx, inPlace=True)
+    try:
+        return float(r.MetricEvaluate(fixed_img, moving_img))
+    except RuntimeError:
+        return float("inf")
+
+
+def _midpoint(a: np.ndarray, b: np.ndarray, centre_mm: np.ndarray) -> np.ndarray:
+    """The rigid transform half-way between ``a`` and ``b`` (mean rotation, mean image of the centre)."""
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_matrix(np.stack([a[:3, :3], b[:3, :3]])).mean().as_matrix()
+    c_img = 0.5 * (_apply(a, centre_mm) + _apply(b, centre_mm))
+    m = np.eye(4)
+    m[:3, :3] = rot
+    m[:3, 3] = c_img - rot @ centre_mm
+    return m
 
 
 def _box_check_points(centre_mm: np.ndarray, half_mm: float) -> np.ndarray:
@@ -453,8 +502,9 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
 
     step = s.grid_step_mm
     lo_hu = s.hu_window[0]
-    fixed_img, _ = _crop_isotropic(fixed, centre, half, step, default_hu=np.nan)
-    moving_img, moving_inside = _crop_isotropic(moving, centre, half + s.moving_margin_mm, step, default_hu=np.nan)
+    fixed_img, _, f_metal = _crop_isotropic(fixed, centre, half, step, np.nan, s.metal_hu)
+    moving_img, moving_inside, m_metal = _crop_isotropic(moving, centre, half + s.moving_margin_mm, step, np.nan,
+                                                         s.metal_hu)
     import SimpleITK as sitk
 
     f_np = sitk.GetArrayFromImage(fixed_img)
@@ -473,8 +523,8 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
             raise exc
         return result
     m_np = np.where(m_valid, m_np, lo_hu)
-    f_keep = _metal_mask(f_np, s.metal_hu, s.metal_dilation_mm, step) & f_valid
-    m_keep = _metal_mask(m_np, s.metal_hu, s.metal_dilation_mm, step) & m_valid
+    f_keep = _metal_mask(f_metal, s.metal_dilation_mm, step) & f_valid
+    m_keep = _metal_mask(m_metal, s.metal_dilation_mm, step) & m_valid
     f_cl = np.clip(f_np, *s.hu_window).astype(np.float32)
     m_cl = np.clip(m_np, *s.hu_window).astype(np.float32)
 
@@ -499,19 +549,20 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
 
     overlap = float(np.mean(moving.contains_lps(_apply(fwd, _lattice(centre, half, 6)))))
     residuals = np.zeros(len(points))
+    chosen = "forward"
     if s.consistency_check:
         # backward: intraop box (around the mapped centre) is fixed, pre-plan is moving
         c_m = _apply(fwd, centre)
-        b_fixed, _ = _crop_isotropic(moving, c_m, half, step, default_hu=np.nan)
-        b_moving, _ = _crop_isotropic(fixed, c_m, half + s.moving_margin_mm, step, default_hu=np.nan)
+        b_fixed, _, bf_metal = _crop_isotropic(moving, c_m, half, step, np.nan, s.metal_hu)
+        b_moving, _, bm_metal = _crop_isotropic(fixed, c_m, half + s.moving_margin_mm, step, np.nan, s.metal_hu)
         bf = sitk.GetArrayFromImage(b_fixed)
         bf_valid = np.isfinite(bf)
         bf = np.where(bf_valid, bf, lo_hu)
-        bf_keep = _metal_mask(bf, s.metal_hu, s.metal_dilation_mm, step) & bf_valid
+        bf_keep = _metal_mask(bf_metal, s.metal_dilation_mm, step) & bf_valid
         bm = sitk.GetArrayFromImage(b_moving)
         bm_valid = np.isfinite(bm)
         bm = np.where(bm_valid, bm, lo_hu)
-        bm_keep = _metal_mask(bm, s.metal_hu, s.metal_dilation_mm, step) & bm_valid
+        bm_keep = _metal_mask(bm_metal, s.metal_dilation_mm, step) & bm_valid
         b_init = _centred(_perturbation(s.consistency_perturbation_deg, s.consistency_perturbation_mm), c_m) \
             @ np.linalg.inv(fwd)
         nb = len(s.consistency_shrink_factors)
@@ -525,13 +576,22 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
             None if bm_keep.all() else _like(b_moving, bm_keep.astype(np.uint8), sitk.sitkUInt8),
             b_init, c_m)
         residuals = np.linalg.norm(_apply(bwd, _apply(fwd, points)) - points, axis=1)
+        # The two runs are two estimates of one transform: keep the one (or their midpoint) that the metric,
+        # evaluated on every voxel, prefers. A gradient descent on sampled points stops where the sampling
+        # noise outweighs a shallow slope (along the neck's axis mostly); the full metric does not.
+        inv_b = np.linalg.inv(bwd)
+        candidates = [fwd, inv_b, _midpoint(fwd, inv_b, centre)]
+        values = [_metric_at(s, fimg, fmask, mimg, mmask, c, centre) for c in candidates]
+        best = int(np.argmin(values))
+        fwd, metric = candidates[best], values[best]
+        chosen = ("forward", "backward", "midpoint")[best]
     est = float(residuals.max()) if len(residuals) else 0.0
 
     result = RegistrationResult(
         fixed_to_moving=fwd, metric=metric, converged=converged, estimated_error_mm=est,
         seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, metric_trace=obs.trace(), stop_condition=stop, iterations=iters,
         region_centre_mm=centre, region_half_mm=half, check_points_mm=points, consistency_residuals_mm=residuals,
-        initial_translation_mm=t_init, overlap_fraction=overlap,
+        initial_translation_mm=t_init, overlap_fraction=overlap, chosen=chosen,
         fixed_frame_of_reference_uid=fixed.frame_of_reference_uid,
         moving_frame_of_reference_uid=moving.frame_of_reference_uid, settings=_settings_json(s))
     result.refusal = _refusal(result, s)
