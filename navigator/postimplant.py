@@ -121,14 +121,23 @@ def dose_grid_over(points_lps: np.ndarray, ct: Volume, step_mm: float, margin_mm
                   meta={"kind": "dose grid"})
 
 
-def resample_mask(mask: np.ndarray, src: Volume, grid: Volume, grid_to_src: np.ndarray) -> np.ndarray:
+def resample_mask(mask: np.ndarray, src: Volume, grid: Volume, grid_to_src: np.ndarray, _coords=None) -> np.ndarray:
     """Occupancy (float32 0..1) of a bool mask on ``src`` at ``grid``'s voxel centres (trilinear), mapping the
     grid's LPS points into ``src``'s LPS frame with ``grid_to_src`` (4x4)."""
-    pts = _apply(grid_to_src, grid.voxel_centers_lps())
-    ijk = src.lps_to_ijk(pts)
-    coords = np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])       # numpy (k, j, i) order for map_coordinates
+    coords = _coords if _coords is not None else _grid_coords_in(src, grid, grid_to_src)
     occ = ndimage.map_coordinates(mask.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
     return np.clip(occ, 0.0, 1.0).reshape(grid.array.shape).astype(np.float32)
+
+
+def resample_masks(masks: dict, src: Volume, grid: Volume, grid_to_src: np.ndarray) -> dict:
+    """``resample_mask`` for several masks on the same grids (the coordinates computed once)."""
+    coords = _grid_coords_in(src, grid, grid_to_src)
+    return {n: resample_mask(m, src, grid, grid_to_src, coords) for n, m in masks.items()}
+
+
+def _grid_coords_in(src: Volume, grid: Volume, grid_to_src: np.ndarray) -> np.ndarray:
+    ijk = src.lps_to_ijk(_apply(grid_to_src, grid.voxel_centers_lps()))
+    return np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])       # numpy (k, j, i) order for map_coordinates
 
 
 def _crop(ct: Volume, corners_lps: np.ndarray, margin_mm: float) -> tuple[Volume, tuple]:
@@ -206,9 +215,9 @@ def run_postimplant(plan: Plan, preplan_ct: Volume, post_ct: Volume, structures:
     t = time.perf_counter()
     say(f"dose of {len(seeds_mm)} seeds")
     grid = dose_grid_over(corners_post, post_ct, o.grid_mm, o.grid_margin_mm, o.max_dose_voxels)
-    ctv_w = resample_mask(ctv_pre, preplan_ct, grid, post_to_pre)
-    oar_w = {n: resample_mask(m, preplan_ct, grid, post_to_pre) for n, m in oars_pre.items()}
-    oar_w = {n: w for n, w in oar_w.items() if w.sum() > 0}
+    mapped = resample_masks({"__ctv__": ctv_pre, **oars_pre}, preplan_ct, grid, post_to_pre)
+    ctv_w = mapped.pop("__ctv__")
+    oar_w = {n: w for n, w in mapped.items() if w.sum() > 0}
     sk = float(plan.seed_sk_u)
     dose = grid.with_array(dose_on_grid(grid, seeds_mm, axes, sk, model))
     metrics = dvh.plan_metrics(dose, ctv_w, oar_w, rx)
@@ -221,9 +230,10 @@ def run_postimplant(plan: Plan, preplan_ct: Volume, post_ct: Volume, structures:
     # supplementary seeds
     t = time.perf_counter()
     say("proposing supplementary seeds")
-    proposal, extra_mm, extra_axes = _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post, post_to_pre,
-                                                 grid, dose, ctv_mask, oar_w, seeds_mm, sk, model, rx, o)
-    timing["supplement_proposal"] = proposal.seconds
+    proposal, extra_mm, extra_axes, t_sup = _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post,
+                                                        post_to_pre, grid, dose, ctv_mask, oar_w, seeds_mm, sk,
+                                                        model, rx, o)
+    timing.update(t_sup)
     if len(extra_mm):
         dose_sup = grid.with_array(dose_on_grid(grid, np.vstack([seeds_mm, extra_mm]),
                                                 np.vstack([axes, extra_axes]), sk, model))
@@ -308,12 +318,16 @@ def _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post, post_to_pr
     from .template import GuideTemplate
 
     s = o.supplement
-    sub, sl = _crop(preplan_ct, corners_pre, s.max_path_mm * 0.6)
+    t0 = time.perf_counter()
+    # the masks for the paths on a crop of the pre-plan CT: a path leaving the crop inside the body is refused
+    sub, sl = _crop(preplan_ct, corners_pre, min(s.max_path_mm, 70.0))
     body = targets.body_mask(sub)
     skin = targets.skin_depth_mm(body, sub)
     nogo, _ = targets.nogo_mask(sub, body, {n: m[sl] for n, m in oars_pre.items()}, clearance_mm=2.0)
     fld = NeedleField(grid=sub, body=body, skin_depth_mm=skin, nogo=nogo, post_to_field=post_to_pre)
 
+    t_masks = time.perf_counter() - t0
+    t0 = time.perf_counter()
     cands = []
     tpl = None
     if plan.extra.get("template"):
@@ -356,7 +370,10 @@ def _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post, post_to_pr
         oars[n] = {"points_mm": grid.ijk_to_lps(np.stack([i2[sel], j2[sel], k2[sel]], axis=1)),
                    "dose_gy": dose.array[k2[sel], j2[sel], i2[sel]], "limit_gy": float(lim),
                    "point_cc": len(k2) * grid.voxel_volume_cc / len(sel)}
+    t_cand = time.perf_counter() - t0
     prop = propose_supplementary(ctv_pts, ctv_d, cands, seeds_mm, sk, model, rx, oars, s)
     extra = np.array([c.position_mm for c in prop.seeds]).reshape(-1, 3)
     extra_axes = np.array([c.direction for c in prop.seeds]).reshape(-1, 3)
-    return prop, extra, extra_axes
+    times = {"supplement_masks": t_masks, "supplement_candidates": t_cand, "supplement_selection": prop.seconds,
+             "supplement_proposal": t_cand + prop.seconds}
+    return prop, extra, extra_axes, times

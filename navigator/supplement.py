@@ -152,7 +152,7 @@ def freehand_candidates(points_mm: np.ndarray, directions: list[np.ndarray], fld
         if not len(todo):
             break
         ray = pts[todo, None, :] - t[None, :, None] * d[None, None, :]       # back from the seed to the skin
-        body = fld.sample(fld.body, ray, outside=False)
+        body = fld.sample(fld.body, ray, outside=True)     # off the mask grid: no skin seen, no entry
         nogo = fld.sample(fld.nogo, ray, outside=False)
         out = ~body
         has_exit = out.any(1)
