@@ -50,16 +50,19 @@ class RehearsalOptions:
     tolerance_mm: float = 2.0
     # Needle placement error of a trained operator through a template (per axis, 1 SD); corrections after
     # advice are more careful.
-    # (1 SD per axis: ~2 mm RMS tip error on a 6 cm needle, so about a third of first insertions need a
+    # (1 SD per axis: ~1.8 mm RMS tip error on a 6 cm needle, so about a third of first insertions need a
     # correction, as in CT-guided series).
     lateral_sd_mm: float = 0.8
     depth_sd_mm: float = 1.0
-    angle_sd_deg: float = 1.0
+    angle_sd_deg: float = 0.7
     correction_scale: float = 0.35
     max_needle_rounds: int = 3
     reference_needles: int = 3
     seed_drop_sd_mm: float = 0.7   # where a released seed settles along the track, vs the planned depth
     max_supplement_rounds: int = 2
+    # Rehearse an abandoned needle (bleeding, a vessel in the way): the operator leaves out this many of the
+    # needles carrying the most seeds, which leaves a cold region for the supplementary-seed loop.
+    skip_needles: int = 0
     progress: object = None
 
 
@@ -113,7 +116,8 @@ class Rehearsal:
         p = self.patient()
         rng = _rng(self.o.seed, "motion", name)
         rigid = random_rigid(rng, max_translation_mm=10.0, max_rotation_deg=5.0, center_mm=p.node_center_mm)
-        deform = random_deformation(rng, p.node_center_mm, radius_mm=50.0, max_displacement_mm=1.0)
+        # the patient lies still under the template between scans: soft tissue shifts by well under a mm
+        deform = random_deformation(rng, p.node_center_mm, radius_mm=50.0, max_displacement_mm=0.5)
         return Motion(rigid, deform)
 
     # --- step runner ---------------------------------------------------------------------------------------
@@ -304,6 +308,27 @@ class Rehearsal:
                                 f"the ledger {ledger.path} says what left the applicator; resume to continue")
         return data
 
+    def delivery_plan(self, plan_path: Path) -> Path:
+        """The plan to deliver: the pre-plan, less any needles the operator abandons (``skip_needles``)."""
+        if self.o.skip_needles <= 0:
+            return plan_path
+        path = self.out / "delivery" / "plan_delivered.json"
+        if path.exists():
+            return path
+        plan = Plan.load(plan_path)
+        count = {n.id: len(plan.seeds_of(n.id)) for n in plan.needles}
+        dropped = sorted(count, key=lambda i: (-count[i], i))[: self.o.skip_needles]
+        self.session.record("operator_abandons_needles", {"needles": dropped,
+                                                          "seeds": sum(count[i] for i in dropped)})
+        plan.needles = [n for n in plan.needles if n.id not in dropped]
+        plan.seeds = [s for s in plan.seeds if s.needle_id not in dropped]
+        plan.extra["abandoned_needles"] = dropped
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        plan.save(tmp)
+        tmp.replace(path)
+        return path
+
     def seeds_in_world(self, plan: Plan, actual_needles: dict, delivery: dict, name: str) -> np.ndarray:
         """Where each released seed really settled (pre-plan anatomy frame): on the real needle, the planned
         distance back from its real tip, plus a small drop along the track."""
@@ -356,20 +381,23 @@ class Rehearsal:
                     prescription_gy=base.prescription_gy, seed_model=base.seed_model, seed_sk_u=base.seed_sk_u,
                     needles=needles, seeds=seeds, extra={"supplementary_for": name})
 
-    def supplementary_world(self, post_name: str, splan: Plan, delivery: dict) -> np.ndarray:
-        """Where the supplementary seeds really went (pre-plan anatomy frame): the navigator's target point in
-        the post-implant scan, carried into the anatomy by the scan's true motion, plus placement error."""
+    def supplementary_world(self, post_name: str, splan: Plan, delivery: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Where the supplementary seeds really went (pre-plan anatomy frame) and their axes: the navigator's
+        target point in the post-implant scan, carried into the anatomy by the scan's true motion, plus a
+        placement error (1 mm SD per axis)."""
         from simulators.phantoms.motion import Motion
 
         truth = json.loads((self.out / post_name / "truth.json").read_text())
         motion = Motion.from_dict(truth["motion"])
         released = {s["seed_id"] for s in delivery["seeds"]}
         rng = _rng(self.o.seed, "supplement_error", post_name)
-        pts = [s.position_mm for s in splan.seeds if s.id in released]
-        if not pts:
-            return np.zeros((0, 3))
-        anat = motion.scan_to_preplan(np.array(pts))
-        return anat + rng.normal(scale=1.0, size=anat.shape)
+        seeds = [s for s in splan.seeds if s.id in released]
+        if not seeds:
+            return np.zeros((0, 3)), np.zeros((0, 3))
+        anat = motion.scan_to_preplan(np.array([s.position_mm for s in seeds]))
+        # rotate the needle axes back by the rigid part: R^T u
+        axes = np.array([splan.needle(s.needle_id).axis for s in seeds]) @ motion.rigid_preplan_to_scan[:3, :3]
+        return anat + rng.normal(scale=1.0, size=anat.shape), axes
 
     # --- the whole procedure -------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -390,7 +418,8 @@ class Rehearsal:
         all_ids = [n.id for n in self.plan_obj.needles]
         actual, all_rounds = self.needle_loop(self.plan_obj, "all", all_ids, actual)
 
-        delivery = self.step("delivery", lambda: self.deliver(plan_path, "delivery"))
+        delivery_plan = self.delivery_plan(plan_path)
+        delivery = self.step("delivery", lambda: self.deliver(delivery_plan, "delivery"))
         if self.session.state == State.ALL_NEEDLES_CHECKED:
             self.session.seeds_delivered(delivery)
         seeds_world = self.seeds_in_world(self.plan_obj, actual, delivery, "delivery")
@@ -418,9 +447,9 @@ class Rehearsal:
             if self.session.state == State.POSTIMPLANT_EVALUATED:
                 self.session.supplement_delivered(sdelivery)
             supplementary += sdelivery["released"]
-            extra = self.supplementary_world(post_name, splan, sdelivery)
+            extra, extra_axes = self.supplementary_world(post_name, splan, sdelivery)
             seeds_world = np.vstack([seeds_world, extra])
-            axes_world = np.vstack([axes_world, np.tile([0.0, 0.0, 1.0], (len(extra), 1))])
+            axes_world = np.vstack([axes_world, extra_axes])
             next_name = f"postimplant_{rnd + 1}"
             post = self.step(next_name, lambda: self.postimplant(next_name, seeds_world, axes_world, plan_path))
             if self.session.state == State.SUPPLEMENT_DELIVERED:
@@ -454,11 +483,13 @@ class Rehearsal:
         return result
 
     def _device_total(self) -> int | None:
+        """The applicator's own released counter (since its power-up) after the last delivery."""
         totals = []
         for name in ["delivery"] + [f"supplement_{r}" for r in range(1, self.o.max_supplement_rounds + 1)]:
             d = self._done(name)
             if d is not None:
-                totals.append(d["device_released_total"])
+                counter = d.get("device_counter")
+                totals.append(counter if counter is not None else d["device_released_total"])
         return max(totals) if totals else None
 
     def stop_device(self) -> None:

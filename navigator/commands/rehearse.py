@@ -23,6 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed-activity-mci", type=float, default=0.5, dest="activity_mci",
                         help="apparent activity per seed, mCi (default 0.5)")
     parser.add_argument("--seed-model", default="6711", help="seed model (6711 or IAI-125A)")
+    parser.add_argument("--skip-needles", type=int, default=0, metavar="N",
+                        help="rehearse abandoned needles: leave out the N needles with the most seeds (a cold region "
+                             "for the supplementary-seed loop; default 0)")
     parser.add_argument("--json", action="store_true", help="print rehearsal.json to stdout instead of a summary")
 
 
@@ -39,7 +42,8 @@ def run(args) -> int:
     out = Path(args.out)
     progress = Progress(enabled=True)
     opts = RehearsalOptions(out=out, case=args.case, seed=args.seed, device_url=args.device, rx_gy=args.rx_gy,
-                            activity_mci=args.activity_mci, seed_model=args.seed_model, progress=progress.step)
+                            activity_mci=args.activity_mci, seed_model=args.seed_model, progress=progress.step,
+                            skip_needles=max(0, args.skip_needles))
     rehearsal = Rehearsal(opts)
     try:
         result = rehearsal.run()
