@@ -195,6 +195,14 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
         seeds.append(_make_seed(r, ct, spacing, thick, planned_img, planned_axes_img))
 
     n_found = len(seeds)
+    n_needle = sum(sd.axis_source == "needle" for sd in seeds)
+    n_blind = sum(sd.axis_source == "image-z" for sd in seeds)
+    if n_needle:
+        warnings.append(f"{n_needle} seed(s) lie mostly along the {spacing[2]:g} mm slices, where their image gives "
+                        "no reliable axis: they take the axis of the nearest planned needle (axis_source 'needle')")
+    if n_blind:
+        warnings.append(f"{n_blind} seed(s) lie mostly along the {spacing[2]:g} mm slices and no plan was given: "
+                        "their axis is the slice direction (axis_source 'image-z'), a guess")
     if expected is not None and expected > 0:
         if n_found > 1.5 * expected + 3:
             warnings.append(
