@@ -103,6 +103,12 @@ def test_dose_bad_csv_exits_2_with_line(tmp_path, capsys, text, needle):
     assert needle in err and str(seeds) in err and "Traceback" not in err
 
 
+def test_dose_grid_too_large_is_refused(tmp_path, capsys):
+    seeds = _write(tmp_path / "s.csv", "x_mm,y_mm,z_mm\n0,0,0\n900,0,0\n0,900,700\n")  # an outlier in mm vs cm
+    rc = main(["dose", "--seeds", str(seeds), "--model", "6711", "--seed-sk-u", "0.6", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "outlier" in capsys.readouterr().err
+
+
 def test_dose_missing_file_and_missing_strength(tmp_path, capsys):
     assert main(["dose", "--seeds", str(tmp_path / "nope.csv"), "--model", "6711", "--seed-sk-u", "0.6",
                  "--out", str(tmp_path / "o")]) == 2  # fmt: skip

@@ -26,6 +26,7 @@ from ..image import Volume, grid_volume
 from ._common import Progress, add_output_options, add_strength_options, emit, out_dir, write_json
 
 GRID_MARGIN_MM = 20.0
+MAX_VOXELS = 6e7  # ~0.5 GB of float64 work arrays
 
 
 def add_arguments(parser) -> None:
@@ -102,12 +103,22 @@ def _dose_grid(args, seeds_mm) -> tuple[Volume, Volume | None]:
                       study_uid=ct.study_uid, patient_id=ct.patient_id, patient_name=ct.patient_name)  # fmt: skip
         outside = ~ct.contains_lps(seeds_mm)
         if outside.any():
-            raise InputError(f"--seeds: seed {int(np.argmax(outside))} at {seeds_mm[outside][0].round(1).tolist()} mm lies "
-                             f"outside the CT {args.ct}; are the seeds in this CT's patient coordinates?")  # fmt: skip
+            raise InputError(f"--seeds: seed {int(np.argmax(outside)) + 1} (data row {int(np.argmax(outside)) + 1}) at "
+                             f"{seeds_mm[outside][0].round(1).tolist()} mm lies outside the CT {args.ct} "
+                             f"({int(outside.sum())} of {len(seeds_mm)} seeds do); are the seeds in this CT's "
+                             "patient coordinates (LPS mm)?")  # fmt: skip
         return grid, ct
     if not (args.grid_mm > 0 and math.isfinite(args.grid_mm)) or args.grid_mm > 10:
         raise InputError(f"--grid-mm {args.grid_mm} mm must be > 0 and <= 10 mm (default 1 mm)")
-    return grid_volume(seeds_mm.min(0) - GRID_MARGIN_MM, seeds_mm.max(0) + GRID_MARGIN_MM, args.grid_mm), None
+    lo, hi = seeds_mm.min(0) - GRID_MARGIN_MM, seeds_mm.max(0) + GRID_MARGIN_MM
+    n_voxels = float(np.prod(np.ceil((hi - lo) / args.grid_mm) + 1))
+    if n_voxels > MAX_VOXELS:
+        raise InputError(
+            f"--seeds span {' x '.join(f'{v:.0f}' for v in hi - lo - 2 * GRID_MARGIN_MM)} mm: at --grid-mm "
+            f"{args.grid_mm:g} the grid would hold {n_voxels:.3g} voxels (limit {MAX_VOXELS:.0e}); check the seed "
+            "coordinates for an outlier or give a coarser --grid-mm"
+        )
+    return grid_volume(lo, hi, args.grid_mm), None
 
 
 def _metrics(args, dose_vol: Volume, ct: Volume) -> dict:
