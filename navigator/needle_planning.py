@@ -47,6 +47,7 @@ class PlanningField:
 @dataclass
 class NeedleOptions:
     needle_spacing_mm: float = 10.0
+    min_needles: int = 5               # fewer at the needle spacing: use the 5 mm hole pitch instead
     seed_step_mm: float = 5.0
     min_skin_depth_mm: float = 10.0
     tip_beyond_seed_mm: float = 5.0
@@ -268,6 +269,8 @@ def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: b
             if val > best_val:
                 best_phase, best_val = (pr, pc), val
     sel = (cell[:, 0] % step == best_phase[0]) & (cell[:, 1] % step == best_phase[1]) & usable
+    if sel.sum() < opts.min_needles:
+        sel = usable.copy()  # a small node: a few needles 1 cm apart leave too few seed positions; use every hole
     sel = _fill_edges(fld, tr, sel, usable, reach, plate_w, ctv_pts, opts)
 
     # 3. template: covers the chosen lines; its plate sits above every skin point under it
@@ -304,6 +307,7 @@ def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: b
             if added:
                 needles.extend(added)
                 unreached = _unreached(fld, ctv_pts, needles, opts)
+    needles = _verify(fld, needles, opts)
     full = len(ctv_pts) / max(int(fld.ctv.sum()), 1)
     unreached_cc = len(unreached) * g.voxel_volume_cc / full
     for i, nd in enumerate(needles):
@@ -398,6 +402,21 @@ def _single_needles(fld: PlanningField, d: np.ndarray, unreached: np.ndarray,
         out.append(CandidateNeedle(id="", hole=None, entry_mm=entry, axis=n.copy(), seed_depths_mm=depths,
                                    skin_depth_mm=float(tr.w[skin_idx[0]] - plate_w),
                                    max_tip_depth_mm=float(tip_max_w[0] - plate_w)))
+    return out
+
+
+def _verify(fld: PlanningField, needles: list[CandidateNeedle], opts: NeedleOptions) -> list[CandidateNeedle]:
+    """Re-trace each needle at 0.25 mm (the direction search samples every ``trace_step_mm`` and can step
+    over the corner of a thin no-go voxel): shorten a needle that meets no-go before its deepest tip, drop
+    it when that leaves no seed position."""
+    out = []
+    for nd in needles:
+        clear, hit = needle_path_clear(fld, nd.entry_mm, nd.entry_mm + nd.max_tip_depth_mm * nd.axis, step_mm=0.25)
+        if not clear:
+            nd.max_tip_depth_mm = hit - opts.nogo_clearance_mm
+            nd.seed_depths_mm = nd.seed_depths_mm[nd.seed_depths_mm + opts.tip_beyond_seed_mm <= nd.max_tip_depth_mm]
+        if len(nd.seed_depths_mm):
+            out.append(nd)
     return out
 
 

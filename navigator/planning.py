@@ -25,7 +25,7 @@ from .seed_optimize import OptimizeOptions, PointPenalties, influence_matrix, ke
 @dataclass
 class PlanOptions:
     margin_mm: float = 5.0
-    ctv_excludes_oars: bool = True        # the margin (not the GTV) stops at the organs at risk
+    ctv_excludes_oars: bool = True        # the margin (not the GTV) stops at the organs at risk and air
     min_skin_depth_mm: float = 10.0
     v100_goal_pct: float = 95.0
     d90_goal_rx: float = 1.0
@@ -161,7 +161,13 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
             limits[n] = {**limits[n], "D0.1cc_gy": float(v), "basis": "given"}
 
     say("masks: body, skin depth, no-go, CTV")
-    body = targets.body_mask(ct)
+    body_names = [n for n in structures if n != target_name and targets.is_body_name(n)]
+    if body_names:  # the structure set's own outline (BODY / External) beats an HU threshold
+        body = _to_mask(body_names[0], structures[body_names[0]], ct)
+        body_source = f"structure '{body_names[0]}'"
+    else:
+        body = targets.body_mask(ct)
+        body_source = f"CT threshold HU > {targets.BODY_HU:g}"
     nogo, nogo_parts = targets.nogo_mask(ct, body, oar_masks)
     try:
         from .structures import expand_margin
@@ -170,10 +176,10 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     except StructureError:  # the margin reaches the CT's edge: grow what the CT holds
         ctv = targets.ctv_mask(gtv, ct, opts.margin_mm, body)
     skin = targets.skin_depth_mm(body, ct, near=ctv, reach_mm=max(40.0, 3 * opts.min_skin_depth_mm))
-    if opts.ctv_excludes_oars and oar_masks:
-        # the margin is for microscopic spread, which does not cross into the airway, vessels or the cord:
-        # the CTV keeps the whole GTV but its margin stops at the organs at risk
-        barrier = np.zeros(ct.array.shape, bool)
+    if opts.ctv_excludes_oars:
+        # the margin is for microscopic spread, which does not cross into air (airway, lung), vessels or the
+        # cord: the CTV keeps the whole GTV but its margin stops at the organs at risk and internal air
+        barrier = targets.internal_air_mask(ct, body)
         for m in oar_masks.values():
             barrier |= m
         ctv = (ctv & ~barrier) | (gtv & body)
@@ -352,8 +358,9 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     tpl = layout.template.to_dict()
     plan.extra = {
         "ctv": {"name": "CTV", "margin_mm": opts.margin_mm,
-                "clipped_to": "body contour (HU > -400)" + (" and the organs at risk (the GTV itself is kept whole)"
-                                                             if opts.ctv_excludes_oars and oar_masks else ""),
+                "clipped_to": f"body contour ({body_source})" + (
+                    ", the organs at risk and internal air (HU < -500); the GTV itself is kept whole"
+                    if opts.ctv_excludes_oars else ""),
                 "cc": round(ctv_cc, 3)},
         "seed_count": len(plan.seeds), "needle_count": len(plan.needles),
         "seed_activity_mci": round(sk / tg43.MCI_TO_U, 4),
@@ -438,7 +445,7 @@ def _checks(plan: Plan, metrics: dict, limits: dict, fld: PlanningField, opts: P
     sd, _ = sample_nearest(fld.skin_depth_mm, fld.grid, pos, outside=0.0) if len(pos) else (np.zeros(0), None)
     c["seeds_below_skin"] = {"min_depth_mm": float(sd.min()) if len(sd) else None,
                              "limit_mm": opts.min_skin_depth_mm, "ok": bool(len(sd) > 0 and sd.min() >= opts.min_skin_depth_mm)}
-    blocked = [n.id for n in plan.needles if not needle_path_clear(fld, n.entry_mm, n.tip_mm)[0]]
+    blocked = [n.id for n in plan.needles if not needle_path_clear(fld, n.entry_mm, n.tip_mm, step_mm=0.25)[0]]
     c["needles_clear_of_nogo"] = {"blocked": blocked, "ok": not blocked}
     c["all_ok"] = bool(all(v["ok"] for v in c.values()))
     return c

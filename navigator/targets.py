@@ -54,6 +54,12 @@ def classify_oar(name: str) -> str:
     return "other"
 
 
+def is_body_name(name: str) -> bool:
+    """A structure outlining the whole patient (BODY, External, Outline)."""
+    n = name.lower()
+    return any(w in n for w in ("body", "external", "outline")) and "skin" not in n
+
+
 def is_target_name(name: str) -> bool:
     n = name.lower()
     return any(w in n for w in TARGET_WORDS)
@@ -83,9 +89,13 @@ def body_mask(ct: Volume, threshold_hu: float = BODY_HU) -> np.ndarray:
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     body = lab == int(np.argmax(sizes))
-    # fill per axial slice: lung and airway are open to the edge of a cropped slice in 3D but closed in 2D
+    # Fill per axial slice: lung and airway are open to the edge of a cropped slice in 3D but closed in 2D.
+    # A thin chest wall can break up in noise and let the lung "leak" outside: close small gaps first
+    # (a closing moves no convex outline; concave creases fill by at most the closing radius).
+    ring = ndimage.generate_binary_structure(2, 1)
     for k in range(body.shape[0]):
-        body[k] = ndimage.binary_fill_holes(body[k])
+        closed = ndimage.binary_closing(np.pad(body[k], 3), structure=ring, iterations=3)[3:-3, 3:-3]
+        body[k] = ndimage.binary_fill_holes(closed | body[k])
     return body
 
 
