@@ -43,7 +43,9 @@ class NeedleFindingSettings:
     max_radius_rms_mm: float = 1.5  # RMS distance of metal voxels from the axis; a needle is ~0.6 mm
     merge_angle_deg: float = 4.0  # collinear pieces of one needle: axes within this ...
     merge_offset_mm: float = 1.5  # ... each centroid within this of the other's line ...
-    merge_gap_mm: float = 20.0  # ... and at most this far apart along it
+    merge_gap_mm: float = 3.0  # ... and at most this far apart along it (a partial-volume break is short)
+    max_gap_mm: float = 1.0  # a needle is one continuous steel tube: a longer dip on its axis below metal_hu
+    #                          means separate objects in a row (seeds already released along a track)
     track_radius_mm: float = 4.5  # first round gate: found line within this of the planned tip region
     track_check_back_mm: float = 15.0  # the second point of the tip region: this far back from the tip
     far_radius_mm: float = 20.0  # second round gate ("far off track")
@@ -192,6 +194,8 @@ def _candidates(ct: Volume, sub: np.ndarray, offset: np.ndarray, s: NeedleFindin
         if p["length"] < s.min_length_mm or p["radius"] > s.max_radius_rms_mm:
             continue
         p = _refit(ct, sub, offset, p, s)
+        if _longest_gap_mm(ct, p, s) > s.max_gap_mm:
+            continue
         if np.dot(p["axis"], mean_dir) < 0:
             p = _flip(p)
         out.append(p)
@@ -240,6 +244,36 @@ def _refit(ct: Volume, sub: np.ndarray, offset: np.ndarray, p: dict, s: NeedleFi
     q.update(pts=p["pts"], w=p["w"], t0=float(tm.min()), t1=float(tm.max()), length=float(tm.max() - tm.min()),
              radius=p["radius"])
     return q
+
+
+def _longest_gap_mm(ct: Volume, p: dict, s: NeedleFindingSettings) -> float:
+    """Longest run (mm) along the fitted axis, inside the metal's extent, where the CT is below ``metal_hu``."""
+    from scipy import ndimage
+
+    step = 0.25
+    t = np.arange(p["t0"] + 1.0, p["t1"] - 1.0, step)
+    if len(t) < 2:
+        return 0.0
+    # the fitted axis may pass between two thick slices or beside a thin needle: take the brightest of a
+    # few points across it (never along it, where the gaps between seeds are)
+    ax = p["axis"]
+    w1 = np.cross(ax, [0.0, 0.0, 1.0])
+    w1 = w1 / np.linalg.norm(w1) if np.linalg.norm(w1) > 1e-6 else np.array([1.0, 0, 0])
+    w2 = np.cross(ax, w1)
+    across = 0.5 * float(ct.spacing_mm[:2].max())
+    thick = 0.5 * float(ct.spacing_mm[2])
+    prof = np.full(len(t), -np.inf)
+    for off in (0 * w1, across * w1, -across * w1, thick * w2, -thick * w2):
+        ijk = ct.lps_to_ijk(p["centroid"] + off + t[:, None] * ax)
+        v = ndimage.map_coordinates(ct.array, [ijk[:, 2], ijk[:, 1], ijk[:, 0]], order=1, mode="nearest")
+        prof = np.maximum(prof, v)
+    low = prof < s.metal_hu
+    if not low.any():
+        return 0.0
+    # lengths of runs of True
+    edges = np.diff(np.concatenate([[0], low.view(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    return float((ends - starts).max() * step)
 
 
 def _flip(p: dict) -> dict:
