@@ -23,6 +23,11 @@ Method (each step says why):
    shorter than 4.5 mm the seed looks in plane). A seed that lies mostly along z has no reliable in-plane
    direction: it takes the axis of the nearest planned needle (``axis_source == "needle"``) and says so.
 
+Limits (measured by bench/bench_seed_finding.py): with a box slice profile a seed lying inside one slice
+images the same wherever it sits in that slice, so z is known only to +-(T - seed z extent)/2 (0.85 mm for
+in-plane seeds in 2.5 mm slices, 2.1 mm in 5 mm slices); the 0.5 mm centre goal holds in 3D for slices up to
+~1.8 mm and in plane for any thickness. Clusters lying across 5 mm slices are the weakest case.
+
 All analysis runs in "image mm" (voxel index times spacing, index axes i, j, k); results are converted to
 LPS once, at the end. Migration: a found seed more than ``migration_mm`` from every planned position.
 """
