@@ -364,6 +364,8 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
                 "cc": round(ctv_cc, 3)},
         "seed_count": len(plan.seeds), "needle_count": len(plan.needles),
         "seed_activity_mci": round(sk / tg43.MCI_TO_U, 4),
+        "total_activity_mci": round(len(plan.seeds) * sk / tg43.MCI_TO_U, 3),
+        "seeds_per_cc": round(len(plan.seeds) / max(metrics["ctv_cc"], 1e-9), 3),
         "template": tpl, "insertion_direction": layout.direction,
         "oar_limits": {n: {"D0.1cc_gy": round(v["D0.1cc_gy"], 2), "class": v["class"], "basis": v["basis"]}
                        for n, v in limits.items()},
