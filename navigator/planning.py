@@ -55,6 +55,10 @@ class PlanResult:
     layout: object               # needle_planning.NeedleLayout
     checks: dict
 
+    def __iter__(self):
+        """``plan, dose = make_plan(...)`` (the form docs/architecture.md names) still works."""
+        return iter((self.plan, self.dose))
+
 
 # --- inputs ---------------------------------------------------------------------------------------------
 def _structure_lookup(structures: dict, name: str):
@@ -189,8 +193,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     fld = PlanningField(grid=ct, body=body, skin_depth_mm=skin, nogo=nogo, ctv=ctv)
 
     say(f"needles: CTV {ctv_cc:.1f} cc; choosing the insertion direction and template")
-    prone = str(ct.meta.get("patient_position", "")).upper().endswith("P") and \
-        str(ct.meta.get("patient_position", "")).upper() in ("HFP", "FFP")
+    prone = str(ct.meta.get("patient_position", "")).upper() in ("HFP", "FFP")
     nopts = opts.needles
     nopts.min_skin_depth_mm = opts.min_skin_depth_mm
     access = "no needle crosses bone, internal air (airway, lung) or an organ at risk"
