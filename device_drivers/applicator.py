@@ -202,11 +202,13 @@ class SgpApplicator:
         self._transact("SIM", "CARTRIDGE", cartridge_id, str(int(seeds)))
 
     # --- composite operations ------------------------------------------------------------------------------
-    def reconcile(self) -> Reconciliation:
-        """STATUS, then RECORD 1..released_total; clears ``needs_reconcile``. The caller compares the result
-        with its ledger before any further release."""
+    def reconcile(self, from_k: int = 1) -> Reconciliation:
+        """STATUS, then RECORD ``from_k``..released_total (all of them by default); clears
+        ``needs_reconcile``. The caller compares the result with its ledger before any further release.
+        A caller that verified RECORD 1..k-1 earlier in the same power-up may pass ``from_k=k``: records
+        since power-up never change, and on a noisy link re-reading thousands of them would itself fail."""
         st = self.status()
-        records = tuple(self.record(k) for k in range(1, st.released_total + 1))
+        records = tuple(self.record(k) for k in range(max(1, from_k), st.released_total + 1))
         after = self.status()
         if after.released_total != st.released_total:
             raise CounterMismatch(f"released_total changed during reconciliation "
@@ -220,13 +222,13 @@ class SgpApplicator:
         """Check the interlocks on a fresh STATUS, then ARM and RELEASE one seed, and check that the device's
         ``released_total`` rose by exactly one.
 
-        Interlocks (nothing is sent if one fails): link reconciled, state IDLE, the selected and the docked
+        Interlocks (nothing is sent if one fails): link reconciled, state IDLE (or ARMED), the selected and the docked
         hole both ``hole``, docked depth within ``depth_tolerance_mm`` of ``planned_depth_mm``, seeds left.
         """
         self._refuse_if_unreconciled("ARM")
         st = self.status()
         tol = self.config.depth_tolerance_mm
-        if st.state != "IDLE":
+        if st.state not in ("IDLE", "ARMED"):
             raise InterlockError(f"release at {hole} refused: device state is {st.state}, must be IDLE")
         if st.selected_hole != hole or st.docked_hole != hole:
             raise InterlockError(f"release at {hole} refused: selected hole {st.selected_hole or '-'}, docked "
@@ -236,7 +238,9 @@ class SgpApplicator:
                                  f"{planned_depth_mm:.1f} mm; must agree within {tol} mm")
         if st.seeds_left <= 0:
             raise InterlockError(f"release at {hole} refused: cartridge empty (0 seeds left); insert a cartridge")
-        self.arm()
+        if st.state == "IDLE":
+            self.arm()
+        # else: ARMED by our own ARM whose reply came after a reconnect; the checks above hold, so release
         report = self.release(on_intent)
         if report.released_total != st.released_total + 1:
             raise CounterMismatch(f"RELEASE at {hole}: released_total went {st.released_total} -> "

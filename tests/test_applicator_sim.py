@@ -236,6 +236,7 @@ def test_url_handler_rejects_unknown_faults():
         serial.serial_for_url("sgpsim://?jam_evry=3")
 
 
+@pytest.mark.timeout(60)
 def test_separate_process_prints_listening_and_serves_socket_url():
     proc = subprocess.Popen([sys.executable, "-m", "simulators.applicator", "--listen", "127.0.0.1:0",
                              "--seeds", "5", "--jam-every", "3"], stdout=subprocess.PIPE, text=True)
@@ -247,5 +248,5 @@ def test_separate_process_prints_listening_and_serves_socket_url():
         assert port.read_until(b"\n") == frame("#", "1,OK,CART0001,6711,14.8,20261101,5")
         port.close()
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(10)
