@@ -32,7 +32,7 @@ def target_region(plan, default_half_mm: float = 45.0) -> tuple[np.ndarray, floa
         raise InputError("the plan has no needles and no seeds; it cannot say where the target is")
     pts = np.array(pts, dtype=float)
     centre = 0.5 * (pts.min(0) + pts.max(0))
-    half = float(np.clip(np.abs(pts - centre).max() + 25.0, 35.0, 60.0)) if len(pts) > 1 else default_half_mm
+    half = float(np.clip(np.abs(pts - centre).max() + 20.0, 35.0, 45.0)) if len(pts) > 1 else default_half_mm
     return centre, half
 
 
