@@ -153,3 +153,33 @@ def test_bad_input_exit_2(bad_rs, tmp_path, capsys, extra, message):
     assert message in err
     assert "Traceback" not in err
     assert not (tmp_path / "plan.json").exists()
+
+
+# --- a plan that misses a goal: exit 3, and the JSON is still written ------------------------------------
+def test_plan_missing_a_goal_exits_3_with_json(tmp_path, capsys):
+    from navigator.dicom_write import write_ct_series
+    from navigator.image import Volume
+    from navigator.structures import mask_to_contours
+
+    # a small synthetic patient (anisotropic voxels, non-zero origin): a 16 mm node 35 mm deep in a block of
+    # tissue; seeds of 5 U are far too hot for 3 cc, so V150 <= 60 % cannot be met
+    a = np.full((24, 90, 100), -1000.0, np.float32)
+    a[:, 10:80, 10:90] = 40.0
+    ct = Volume(array=a, origin_mm=[-45.0, -40.0, 200.0], spacing_mm=[0.9, 1.0, 2.0],
+                frame_of_reference_uid="1.2.826.0.1.3680043.8.498.77", series_uid="1.2.826.0.1.3680043.8.498.78",
+                study_uid="1.2.826.0.1.3680043.8.498.79", patient_id="P3", patient_name="Test^Three")
+    write_ct_series(ct, tmp_path / "ct")
+    ct = load_ct_series(tmp_path / "ct")
+    centres = ct.voxel_centers_lps().reshape(a.shape + (3,))
+    gtv = np.linalg.norm(centres - ct.ijk_to_lps([50, 45, 12]), axis=-1) <= 8.0
+    write_rtstruct(tmp_path / "RS.dcm", ct, {"GTV": mask_to_contours(gtv, ct)})
+    out = tmp_path / "out"
+    rc = main(["plan", "--ct", str(tmp_path / "ct"), "--structures", str(tmp_path / "RS.dcm"), "--target", "GTV",
+               "--rx-gy", "120", "--seed-model", "IAI-125A", "--seed-sk-u", "5", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    d = json.loads((out / "plan.json").read_text())
+    assert d["checks"]["V150_le_max"]["ok"] is False and "V150_le_max" in err
+    assert d["seed_model"] == "IAI-125A" and d["seed_sk_u"] == 5.0 and len(d["seeds"]) >= 1
+    for name in ("RTPLAN.dcm", "RTSTRUCT.dcm", "RTDOSE.dcm", "plan.html"):
+        assert (out / name).exists()
