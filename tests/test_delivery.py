@@ -1,5 +1,6 @@
 """navigator.delivery / ledger / deliver command: exactly-once delivery against the simulated applicator."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -55,6 +56,19 @@ def assert_exactly_once(dev, result):
     actual = Counter(truth(dev))
     assert max(actual.values(), default=1) == 1, "a seed position was released twice"
     assert booked == actual, "ledger and ground truth disagree"
+
+
+def test_wiring_gives_an_applicator():
+    from navigator.applicator import Applicator
+    app = open_applicator("sgpsim://")
+    assert isinstance(app, Applicator)
+    import navigator.delivery as d
+    import navigator.applicator as a
+    for module in (d, a):
+        tree = ast.parse(open(module.__file__).read())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+            {al.name for n in ast.walk(tree) if isinstance(n, ast.Import) for al in n.names}
+        assert not any(m and m.startswith(("device_drivers", "serial", "simulators")) for m in imported)
 
 
 def test_tasks_deepest_first_and_plan_checks():

@@ -243,3 +243,30 @@ def test_separate_process_simulator_over_socket_with_disconnects():
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_real_timing_on_request_stays_within_the_spec_timeouts():
+    dev = SimulatedApplicator(realtime=True)
+    dev, drv = connected("drv-realtime", dev=dev, config=LinkConfig(seq_start=1))
+    try:
+        docked(drv, dev, depth=60.0)
+        import time as _t
+        t0 = _t.perf_counter()
+        drv.retract(10.0)                      # 10 ms + 15 ms/mm in the simulator
+        assert _t.perf_counter() - t0 >= 0.15
+        drv.release_seed("C7", 50.0)           # 150 ms stylet
+        assert drv.stats.retransmissions == 0 and len(dev.truth) == 1
+    finally:
+        drv.close()
+
+
+def test_late_replies_cause_retransmission_but_one_execution():
+    dev = SimulatedApplicator(faults=sim.Faults(reply_delay_s=0.3))   # longer than the 250 ms base timeout
+    dev, drv = connected("drv-late", dev=dev, config=LinkConfig(seq_start=1, keepalive_s=None))
+    try:
+        docked(drv, dev)
+        assert drv.stats.retransmissions >= 3  # HELLO, ENABLE, SELECT each waited past 250 ms once
+        drv.release_seed("C7", 62.0)
+        assert len(dev.truth) == 1 and dev.requests_executed == 6  # HELLO ENABLE SELECT STATUS ARM RELEASE
+    finally:
+        drv.close()
