@@ -5,6 +5,7 @@ clear message on bad input."""
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -38,8 +39,7 @@ def test_exit_code_and_files(sts004):
 def test_plan_json_contract_and_goals(sts004):
     _, out = sts004
     d = json.loads((out / "plan.json").read_text())
-    ct_uid = pydicom.dcmread(next((__import__("pathlib").Path(f"{STS}/STS_004/ct")).glob("*.dcm")),
-                             stop_before_pixels=True)
+    ct_uid = pydicom.dcmread(next(Path(f"{STS}/STS_004/ct").glob("*.dcm")), stop_before_pixels=True)
     assert d["frame_of_reference_uid"] == ct_uid.FrameOfReferenceUID
     assert d["ct_series_uid"] == ct_uid.SeriesInstanceUID
     assert d["target"] == "GTV_Mass_CT" and d["prescription_gy"] == 120.0 and d["seed_model"] == "6711"

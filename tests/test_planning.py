@@ -9,7 +9,7 @@ from navigator import dose as dose_mod
 from navigator import targets, tg43
 from navigator.errors import InputError, SeedModelError, StructureError
 from navigator.image import Volume
-from navigator.planning import PlanOptions, make_plan
+from navigator.planning import make_plan
 from navigator.seed_optimize import PointPenalties, influence_matrix, kernel_table, optimize_loading
 
 STS = "/work/shared/data/ibsi-sts-ct"
