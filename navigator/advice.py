@@ -101,7 +101,8 @@ def advise(dev, holes: HoleLocator | None = None, planned_entry_preplan_mm=None,
     ``planned_entry_preplan_mm`` and ``lateral_vector_preplan_mm`` (pre-plan LPS) let the advice name the
     hole to re-insert through; ``planned_hole`` is the plan's hole of this needle.
     """
-    dose = "" if not np.isfinite(dev.d90_change_gy) else f"D90 {dev.d90_change_gy:+.1f} Gy"
+    # round first so a change of -0.03 Gy reads "+0.0", not "-0.0"
+    dose = "" if not np.isfinite(dev.d90_change_gy) else f"D90 {round(dev.d90_change_gy, 1) + 0.0:+.1f} Gy"
     if not dev.found:
         where = f" through hole {planned_hole}" if planned_hole else ""
         return ("not found: no needle near the planned track; check that it was inserted, then insert it"

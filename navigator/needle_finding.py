@@ -187,7 +187,7 @@ def _candidates(ct: Volume, sub: np.ndarray, offset: np.ndarray, s: NeedleFindin
         if len(idx) < 3:
             continue
         pieces.append(_fit(pts[idx], w[idx]))
-    pieces = [p for p in pieces if p["radius"] <= s.max_radius_rms_mm]
+    pieces = [q for p in pieces for q in ([p] if p["radius"] <= s.max_radius_rms_mm else _split_lines(p, s))]
     pieces = _merge(pieces, s)
     out = []
     for p in pieces:
@@ -214,6 +214,34 @@ def _fit(pts: np.ndarray, w: np.ndarray) -> dict:
     radius = float(np.sqrt((w * (perp ** 2).sum(1)).sum() / w.sum()))
     return {"pts": pts, "w": w, "centroid": c, "axis": axis, "t0": float(t.min()), "t1": float(t.max()),
             "length": float(t.max() - t.min()), "radius": radius}
+
+
+def _split_lines(p: dict, s: NeedleFindingSettings, k_max: int = 3) -> list[dict]:
+    """A thick component may be needles that touch (bloom bridges them in thick slices): try k lines."""
+    pts, w = p["pts"], p["w"]
+    if len(pts) < 20:
+        return []
+    for k in range(2, k_max + 1):
+        # start: split along the second principal axis into k bands, then alternate assign / refit
+        d = pts - p["centroid"]
+        cov = (d * w[:, None]).T @ d / w.sum()
+        pc2 = np.linalg.eigh(cov)[1][:, 1]
+        proj = d @ pc2
+        edges = np.quantile(proj, np.linspace(0, 1, k + 1)[1:-1])
+        label = np.searchsorted(edges, proj)
+        for _ in range(10):
+            lines = [_fit(pts[label == c], w[label == c]) for c in range(k) if (label == c).sum() >= 3]
+            if len(lines) < k:
+                break
+            dist = np.stack([np.linalg.norm((pts - ln["centroid"]) - np.outer((pts - ln["centroid"]) @ ln["axis"],
+                                                                             ln["axis"]), axis=1) for ln in lines])
+            new = dist.argmin(0)
+            if np.array_equal(new, label):
+                break
+            label = new
+        if len(lines) == k and all(ln["radius"] <= s.max_radius_rms_mm for ln in lines):
+            return lines
+    return []
 
 
 def _refit(ct: Volume, sub: np.ndarray, offset: np.ndarray, p: dict, s: NeedleFindingSettings) -> dict:
