@@ -320,11 +320,11 @@ def _upsample_first_add(out, src, m, w, scale):
 
 
 @njit(cache=True)
-def _capsule_candidates(shape, spacing, sx, sy, sz, ux, uy, uz, sk, table, inv_step, a2, cap_rad, cap_half, cyl):
+def _capsule_candidates(shape, spacing, sx, sy, sz, ux, uy, uz, sk, table, inv_step, a2, cap_rad, cap_half, cyl,
+                        n_max):  # fmt: skip
     """Voxels within (cap_rad, cap_half) of a seed (a cylinder, or a ball of cap_rad if not ``cyl``):
     (seed, i, j, k, |z|, ρ, table value · sk / (r² + a²)) for each."""
     nk, nj, ni = shape
-    n_max = sx.shape[0] * 512
     seed = np.empty(n_max, np.int64)
     ijk = np.empty((n_max, 3), np.int64)
     zr = np.empty((n_max, 2))
@@ -348,7 +348,7 @@ def _capsule_candidates(shape, spacing, sx, sy, sz, ux, uy, uz, sk, table, inv_s
                     z = abs(dx * ux[s] + dy * uy[s] + dz * uz[s])
                     rho = math.sqrt(max(r2 - z * z, 0.0))
                     inside = (rho < cap_rad and z < cap_half) if cyl else r2 < cap_rad * cap_rad
-                    if inside and n < n_max:
+                    if inside:  # n_max bounds the box around every seed, so n never reaches it
                         seed[n] = s
                         ijk[n, 0], ijk[n, 1], ijk[n, 2] = i, j, k
                         zr[n, 0], zr[n, 1] = z, rho
@@ -369,8 +369,10 @@ def _capsule_voxels_exact(out, spacing, soa, model, near, formalism) -> None:
     a_mm = model.capsule_radius_cm * 10.0
     cap_rad_mm = a_mm + grow_mm
     cap_half_mm = (model.capsule_half_length_cm * 10.0 if formalism == "2D" else 0.0) + grow_mm
+    box = np.floor(2.0 * max(cap_rad_mm, cap_half_mm) / spacing).astype(int) + 2
     seed, ijk, zr, looked = _capsule_candidates(out.shape, spacing, *soa, near, 1.0 / NEAR_TABLE_STEP_MM, a_mm**2,
-                                                cap_rad_mm, cap_half_mm, formalism == "2D")  # fmt: skip
+                                                cap_rad_mm, cap_half_mm, formalism == "2D",
+                                                len(soa[0]) * int(np.prod(box)))  # fmt: skip
     if len(seed) == 0:
         return
     z, rho = zr[:, 0], zr[:, 1]
