@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     length = args.slices * float(patient.ct.spacing_mm[2])
     rows = []
     print(f"{'pair':>4} {'motion mm':>9} {'deg':>5} {'TRE max mm':>10} {'TRE mean':>8} {'est mm':>7} "
-          f"{'seconds':>7} {'iters':>5}  stop")
+          f"{'seconds':>7} {'cpu s':>6} {'iters':>5}  stop")
     for k in range(args.pairs):
         m = random_rigid(rng, 15.0, 8.0, center_mm=patient.node_center_mm)
         draws = draw_needles(needles, NeedleErrorModel(), rng)
@@ -65,14 +65,15 @@ def main(argv=None) -> int:
         shift = float(np.linalg.norm(apply_4x4(m, patient.node_center_mm) - patient.node_center_mm))
         rows.append((tre.max(), tre.mean(), res.estimated_error_mm, res.seconds))
         print(f"{k:>4} {shift:>9.1f} {deg:>5.1f} {tre.max():>10.3f} {tre.mean():>8.3f} {res.estimated_error_mm:>7.3f} "
-              f"{res.seconds:>7.2f} {res.iterations:>5}  {res.stop_condition[:50]} {res.refusal}")
+              f"{res.seconds:>7.2f} {res.cpu_seconds:>6.2f} {res.iterations:>5}  {res.stop_condition[:50]} {res.refusal}")
     a = np.array(rows)
     print(f"\nsummary over {len(a)} pairs: TRE max {a[:, 0].max():.3f} mm (goal <= 0.5), mean {a[:, 1].mean():.3f} mm; "
           f"estimated error max {a[:, 2].max():.3f} mm; seconds mean {a[:, 3].mean():.2f}, max {a[:, 3].max():.2f} "
           f"(goal <= 5 on 2 cores)")
     aff = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     print(f"machine: {platform.processor() or platform.machine()}, os.cpu_count()={os.cpu_count()}, "
-          f"affinity={aff}, threads={args.threads}, python {platform.python_version()}")
+          f"affinity={aff}, threads={args.threads}, load average {os.getloadavg()[0]:.1f}, "
+          f"python {platform.python_version()}")
     return 0
 
 

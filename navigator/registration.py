@@ -23,6 +23,10 @@ How it is done (every knob lives in :class:`RegistrationSettings`):
    the identity. Its largest residual at the check points (target centre, plan tips, box points) is the
    ``estimated_error_mm``. A small forward-backward residual says the optimum is stable, not that it is
    right (cf. FLE vs TRE): it cannot see a consistent wrong match, only a shaky one.
+6. The result is whichever of forward, inverted backward and their midpoint has the best metric evaluated
+   on every voxel (no sampling noise): along the neck's axis the optimum is shallow and a sampled gradient
+   descent may stop a few tenths of a millimetre short; the full metric tells the better one apart.
+   ``estimated_error_mm`` stays the forward/backward disagreement, an upper bound in practice.
 
 Refusals raise :class:`navigator.errors.RegistrationError` carrying the result (``exc.result``) so callers
 can still write what was found: no overlap, no convergence, weak similarity, estimated error too large.

@@ -63,7 +63,9 @@ def run(args) -> int:
     ct = load_ct_series(args.ct)
     check_same_patient(pre, ct)
     centre, half = target_region(plan)
-    _check_covers(ct, centre, args.ct)
+    # before registering: the intraop scan must reach the target's neighbourhood (patient motion is a few
+    # centimetres at most); after registering, the mapped target itself must lie inside it
+    _check_covers(ct, centre, args.ct, margin_mm=30.0)
 
     if args.registration:
         import json
@@ -143,9 +145,9 @@ def run(args) -> int:
     return 0
 
 
-def _check_covers(ct, point_mm, ct_dir) -> None:
+def _check_covers(ct, point_mm, ct_dir, margin_mm: float = 0.0) -> None:
     """InputError when the intraop CT does not reach the target region (with a margin for patient motion)."""
-    if ct.contains_lps(point_mm, margin_vox=0.0):
+    if ct.contains_lps(point_mm, margin_vox=margin_mm / float(ct.spacing_mm.max())):
         return
     lo = ct.ijk_to_lps(np.zeros(3))
     hi = ct.ijk_to_lps(np.array(ct.shape_ijk, float) - 1)
