@@ -21,15 +21,15 @@ from .template import GuideTemplate, hole_id
 
 # Insertion directions tried (unit vectors *into* the patient, LPS): anterior, antero-lateral, lateral;
 # posterior and postero-lateral only for prone patients (or when allowed): a supine patient lies on them.
-_AXIAL = {
-    "anterior": (0, 1, 0),
-    "left-anterior-oblique": (-1, 1, 0),
-    "right-anterior-oblique": (1, 1, 0),
-    "left-lateral": (-1, 0, 0),
-    "right-lateral": (1, 0, 0),
-    "left-posterior-oblique": (-1, -1, 0),
-    "right-posterior-oblique": (1, -1, 0),
-    "posterior": (0, -1, 0),
+_AXIAL = {  # named after the side the needles come from
+    "from anterior": (0, 1, 0),
+    "from left-anterior": (-1, 1, 0),
+    "from right-anterior": (1, 1, 0),
+    "from left": (-1, 0, 0),
+    "from right": (1, 0, 0),
+    "from left-posterior": (-1, -1, 0),
+    "from right-posterior": (1, -1, 0),
+    "from posterior": (0, -1, 0),
 }
 
 
@@ -135,7 +135,8 @@ def _directions(opts: NeedleOptions, prone: bool) -> dict[str, np.ndarray]:
         for t in opts.tilts_deg:
             tr = np.deg2rad(t)
             d = np.cos(tr) * v + np.sin(tr) * np.array([0.0, 0.0, 1.0])
-            key = name if t == 0 else f"{name} {'cranial' if t > 0 else 'caudal'} tilt {abs(t):g} deg"
+            # t > 0 points the needle superiorly (+z), so it comes in from the caudal side
+            key = name if t == 0 else f"{name}, tilted {abs(t):g} deg from {'caudal' if t > 0 else 'cranial'}"
             out[key] = d / np.linalg.norm(d)
     return out
 
