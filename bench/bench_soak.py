@@ -103,8 +103,11 @@ def main() -> int:
     r = run_soak(a.requests, a.corrupt_rate, a.loss_rate, a.disconnect_every, a.seed, a.timeout_scale, a.url)
     print(f"# SGP/1 soak: {platform.platform()}, processor {platform.processor() or '?'}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"# faults: corrupt_rate={a.corrupt_rate}, loss_rate={a.loss_rate}, disconnect_every={a.disconnect_every}, "
-          f"seed={a.seed}")
+    if a.url:
+        print(f"# device {a.url} (its faults are its own options); timeout scale {a.timeout_scale}")
+    else:
+        print(f"# in-process sgpsim://, faults: corrupt_rate={a.corrupt_rate}, loss_rate={a.loss_rate}, "
+              f"disconnect_every={a.disconnect_every}, seed={a.seed}; timeout scale {a.timeout_scale}")
     width = max(len(k) for k in r)
     for k, v in r.items():
         print(f"{k:<{width}}  {v:.1f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
