@@ -110,7 +110,8 @@ class Journal:
             n = len(pieces) + 1
             if not repair:
                 raise _error(path, n, f"is torn ({len(tail)} bytes without end of line, probably power lost "
-                                      "during a write); open it with repair=True to cut that line off and resume")
+                                      "during a write); cut that line off and resume with --repair-journal "
+                                      "(Journal(path, repair=True) in Python)")
             with open(path, "r+b") as f:
                 f.truncate(len(raw) - len(tail))
                 f.flush()
