@@ -51,7 +51,7 @@ class PlanResult:
     ctv_dose_mask: np.ndarray    # on the dose grid
     oar_dose_masks: dict
     gtv_mask: np.ndarray
-    masks: dict                  # body, nogo, skin_depth_mm (CT grid)
+    masks: dict                  # body, nogo, skin_depth_mm, oars {name: mask} (CT grid)
     layout: object               # needle_planning.NeedleLayout
     checks: dict
 
@@ -388,7 +388,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     }
     say(f"plan: {len(plan.seeds)} seeds on {len(plan.needles)} needles, {plan.extra['planning_seconds']} s")
     return PlanResult(plan=plan, dose=dose_vol, ctv_mask=ctv, ctv_dose_mask=ctv_d, oar_dose_masks=oar_d,
-                      gtv_mask=gtv, masks={"body": body, "nogo": nogo, "skin_depth_mm": skin}, layout=layout,
+                      gtv_mask=gtv, masks={"body": body, "nogo": nogo, "skin_depth_mm": skin, "oars": oar_masks}, layout=layout,
                       checks=checks)
 
 

@@ -143,10 +143,14 @@ def plan_html(res, ct) -> str:
     dose = res.dose
     dvhs = {"CTV": R.cumulative_dvh(dose.array, res.ctv_dose_mask, 3 * rx)}
     for name, mask in res.oar_dose_masks.items():
-        if mask.any():
-            dvhs[name] = R.cumulative_dvh(dose.array, mask, 3 * rx)
+        if mask.any():  # only the part of the OAR inside the dose grid (the metrics table covers all of it)
+            dvhs[f"{name} (in dose grid)"] = R.cumulative_dvh(dose.array, mask, 3 * rx)
     dvh_png = R.png_base64(R.dvh_figure(dvhs, rx_gy=rx, title=f"DVH (dose grid {dose.spacing_mm[0]:g} mm)"))
     outlines = {"CTV": res.ctv_mask, plan.target: res.gtv_mask}
+    hot_oars = sorted(((v.get("D0.1cc_gy") or 0.0, n) for n, v in m.get("oars", {}).items()), reverse=True)
+    for d01, name in hot_oars[:4]:  # the OARs that matter on these slices: the most exposed ones
+        if d01 >= 0.3 * rx and name in res.masks.get("oars", {}):
+            outlines[name] = res.masks["oars"][name]
     iso_png = R.png_base64(R.isodose_slices_figure(ct, dose, rx, outlines, markers=plan.seed_positions_mm(),
                                                    n_slices=3, title="isodose lines, % of Rx"))
     target_rows = [(k, m[k]) for k in ("ctv_cc", "D90_gy", "D100_gy", "V90_pct", "V100_pct", "V150_pct",
