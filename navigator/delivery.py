@@ -137,8 +137,15 @@ class Delivery:
         self.journal("delivery_started", {"planned_seeds": planned, "device": info.__dict__,
                                           "simulate_operator": self.simulate_operator})
         self.progress(f"connected to {info.model} {info.serial} (firmware {info.firmware}); {planned} seeds to go")
+        self._device_serial = info.serial
         stopped = None
         try:
+            known = {e.get("device_serial") for e in self.ledger.epochs} - {None}
+            if known and info.serial not in known:
+                self._foreign_device = True  # nothing of this device may be written into this ledger
+                raise DeliveryStopped(f"the ledger {self.ledger.path} belongs to applicator {sorted(known)}, but "
+                                      f"{info.serial} is connected; its counters cannot be reconciled with this "
+                                      "ledger: connect that applicator, or start a new journal for this one")
             self._retrying("initial reconciliation", self._reconcile)
             for tasks in self.tasks:
                 todo = [t for t in tasks if t.seed_id not in self.ledger.released]
@@ -254,7 +261,8 @@ class Delivery:
         ledger = self.ledger
         st = self.app.status()
         if ledger.epoch is None:
-            ledger.start_epoch(st.released_total, "first connection", seeds_left=st.seeds_left)
+            ledger.start_epoch(st.released_total, "first connection", seeds_left=st.seeds_left,
+                               device_serial=getattr(self, "_device_serial", None))
             self._verified_upto = st.released_total
             self._records = {}
             self.app.reconcile(from_k=st.released_total + 1)  # nothing to compare yet; clears needs_reconcile
@@ -318,7 +326,8 @@ class Delivery:
             else:
                 self.ledger.mark_uncertain(sid, f"power cycle; cartridge {st.seeds_left} left, {before} before")
                 self.journal("seed_uncertain", {"seed_id": sid})
-        self.ledger.start_epoch(0, "device power-cycled", counter_seen=st.released_total, ledger_expected=expected)
+        self.ledger.start_epoch(0, "device power-cycled", counter_seen=st.released_total, ledger_expected=expected,
+                                device_serial=getattr(self, "_device_serial", None))
         self._records = {}
         self._verified_upto = 0
 
@@ -332,6 +341,8 @@ class Delivery:
 
     def _final_check(self) -> tuple[int, int | None, bool]:
         """Re-read STATUS and every RECORD of this power-up; (device_released_total, raw counter, reconciled)."""
+        if getattr(self, "_foreign_device", False):
+            return self._counted_total(None), None, False
         try:
             if self.ledger.epoch is not None:  # forget what was verified: read every RECORD of this power-up
                 self._verified_upto = self.ledger.baseline

@@ -249,3 +249,11 @@ def test_cli_against_a_separate_process_simulator(tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_a_ledger_is_not_reconciled_against_another_applicator(tmp_path):
+    run(tmp_path, "dl-serial", plan=make_plan(needles=1, seeds=1))
+    other = SimulatedApplicator(seeds=30, serial="SN0002")
+    dev, result = run(tmp_path, "dl-serial", dev=other)
+    assert "belongs to applicator ['SN0001']" in result.stopped_reason and not other.truth
+    assert not result.reconciled and len(result.ledger.epochs) == 1  # the other device left no trace in it
