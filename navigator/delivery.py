@@ -127,7 +127,8 @@ class Delivery:
         self.power_cycles = 0
         self._records: dict[int, ReleaseRecord] = {}  # verified RECORDs of the current device epoch
         self._verified_upto = 0
-        self._last_status: DeviceStatus | None = None
+        self._device_serial: str | None = None
+        self._foreign_device = False  # the ledger belongs to another applicator: write nothing of this one
         self.notes: list[str] = []
 
     # --- the run ---------------------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ class Delivery:
         st = self.app.status()
         if ledger.epoch is None:
             ledger.start_epoch(st.released_total, "first connection", seeds_left=st.seeds_left,
-                               device_serial=getattr(self, "_device_serial", None))
+                               device_serial=self._device_serial)
             self._verified_upto = st.released_total
             self._records = {}
             self.app.reconcile(from_k=st.released_total + 1)  # nothing to compare yet; clears needs_reconcile
@@ -327,7 +328,7 @@ class Delivery:
                 self.ledger.mark_uncertain(sid, f"power cycle; cartridge {st.seeds_left} left, {before} before")
                 self.journal("seed_uncertain", {"seed_id": sid})
         self.ledger.start_epoch(0, "device power-cycled", counter_seen=st.released_total, ledger_expected=expected,
-                                device_serial=getattr(self, "_device_serial", None))
+                                device_serial=self._device_serial)
         self._records = {}
         self._verified_upto = 0
 
@@ -341,7 +342,7 @@ class Delivery:
 
     def _final_check(self) -> tuple[int, int | None, bool]:
         """Re-read STATUS and every RECORD of this power-up; (device_released_total, raw counter, reconciled)."""
-        if getattr(self, "_foreign_device", False):
+        if self._foreign_device:
             return self._counted_total(None), None, False
         try:
             if self.ledger.epoch is not None:  # forget what was verified: read every RECORD of this power-up
