@@ -3,7 +3,8 @@
 - within tolerance: ``accept (D90 -0.4 Gy)``;
 - out of tolerance, mostly in depth (the lateral error alone is within tolerance): ``withdraw 3.5 mm`` or
   ``advance 2.0 mm`` along the needle;
-- out of tolerance laterally: ``re-insert through hole C7 (lateral 3.1 mm toward patient left, angle 4.2°)``,
+- out of tolerance laterally: ``re-insert through hole C7 (lateral 3.1 mm, correct toward patient left,
+  angle 4.2°)``,
   the hole being the template hole nearest to the planned entry shifted against the lateral error;
 - not found: ``not found: ...``.
 
@@ -31,7 +32,7 @@ def direction_words(v_mm) -> str:
     if not n > 0:
         return "nowhere"
     parts = []
-    for a in np.argsort(-np.abs(v)):
+    for a in np.argsort(-np.abs(v))[:2]:  # the two main directions: enough to steer by
         if abs(v[a]) >= 0.4 * n:
             parts.append(_WORDS[a][0] if v[a] > 0 else _WORDS[a][1])
     return " and ".join(parts)
@@ -123,7 +124,7 @@ def advise(dev, holes: HoleLocator | None = None, planned_entry_preplan_mm=None,
         hole = holes.nearest_hole(np.asarray(planned_entry_preplan_mm, float) + correction)
     what = f"re-insert through hole {hole}" if hole else "re-insert"
     if hole and planned_hole and hole == planned_hole:
-        what += " (same hole)"
+        what = f"re-insert through the same hole {hole}"
     detail = (f"lateral {dev.lateral_mm:.1f} mm, correct toward {direction_words(correction)}, "
               f"angle {dev.angle_deg:.1f}°")
     depth = ""

@@ -89,7 +89,8 @@ class RegistrationSettings:
     consistency_perturbation_deg: float = 1.5
     consistency_shrink_factors: tuple[int, ...] = (2, 1)  # the backward run starts near the answer
     consistency_smoothing_sigmas_mm: tuple[float, ...] = (1.0, 0.0)
-    max_estimated_error_mm: float = 1.0  # refuse above this (the needle tolerance is 2 mm)
+    max_estimated_error_mm: float = 1.5  # refuse above this: with the 2 mm needle tolerance a larger error
+    #                                      would make the check meaningless (the estimate is conservative)
     max_metric: float = -0.5  # correlation: -1 is perfect; refuse a final metric worse than this
     min_overlap_fraction: float = 0.35  # of the fixed box that must lie inside the moving scan (a short intraop
     #                                     scan of 60 mm covers ~60 % of a 90 mm box)

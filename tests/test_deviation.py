@@ -145,7 +145,7 @@ def test_advice_wording(implant):
     assert text.startswith("re-insert through hole A3"), text
     assert "patient right" in text and "angle 4.0°" in text
     small_side = needle_deviation("N5", n.entry_mm, n.tip_mm, n.tip_mm + [2.2, 0, 0], n.axis)
-    assert "(same hole)" in advise(small_side, holes, n.entry_mm, small_side.lateral_vector_mm, n.hole)
+    assert "through the same hole B3" in advise(small_side, holes, n.entry_mm, small_side.lateral_vector_mm, n.hole)
     lost = needle_deviation("N5", n.entry_mm, n.tip_mm)
     assert advise(lost, holes, n.entry_mm, None, n.hole).startswith("not found") and "B3" in advise(lost, None,
                                                                                                   None, None, "B3")
@@ -164,3 +164,4 @@ def test_direction_words():
     assert direction_words([1.0, 0, 0]) == "patient left"
     assert direction_words([0, -2.0, 0]) == "anterior"
     assert direction_words([0, 1.0, -1.0]) in ("posterior and inferior", "inferior and posterior")
+    assert direction_words([1.0, -1.0, 0.9]).count(" and ") == 1  # two directions at most
