@@ -153,16 +153,23 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
         raise StructureError(f"target '{target_name}' covers no voxel of the CT (empty or smaller than a voxel); "
                              "check the contours or choose another structure")
     oar_names = _default_oars(structures, target_name) if oars is None else list(oars)
-    oar_masks = {}
+    oar_masks, oars_skipped = {}, {}
     for name in oar_names:
         real, s = _structure_lookup(structures, name)
         if real == target_name:
             raise InputError(f"structure '{real}' is the target and cannot also be an organ at risk")
-        oar_masks[real] = _to_mask(real, s, ct)
+        try:
+            oar_masks[real] = _to_mask(real, s, ct)
+        except StructureError as exc:
+            if oars is not None:  # named by the user: an error; picked by default: left out, with the reason
+                raise
+            oars_skipped[real] = str(exc)
     limits = {n: targets.oar_limit(n, rx_gy) for n in oar_masks}
     for n, v in (opts.oar_limits_gy or {}).items():
-        if n in limits:
-            limits[n] = {**limits[n], "D0.1cc_gy": float(v), "basis": "given"}
+        if n not in limits:
+            raise InputError(f"a limit is given for '{n}', which is not an organ at risk of this plan (OARs: "
+                             f"{', '.join(sorted(limits)) or 'none'}); name it as an OAR too (--oar {n})")
+        limits[n] = {**limits[n], "D0.1cc_gy": float(v), "basis": "given"}
 
     say("masks: body, skin depth, no-go, CTV")
     body_names = [n for n in structures if n != target_name and targets.is_body_name(n)]
@@ -370,6 +377,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
         "total_activity_mci": round(len(plan.seeds) * sk / tg43.MCI_TO_U, 3),
         "seeds_per_cc": round(len(plan.seeds) / max(metrics["ctv_cc"], 1e-9), 3),
         "template": tpl, "insertion_direction": layout.direction,
+        "oars_skipped": oars_skipped,
         "oar_limits": {n: {"D0.1cc_gy": round(v["D0.1cc_gy"], 2), "class": v["class"], "basis": v["basis"]}
                        for n, v in limits.items()},
         "nogo": {"components_voxels": nogo_parts, "clearance_mm": 1.0 + nopts.nogo_clearance_mm,

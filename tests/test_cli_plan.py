@@ -143,6 +143,10 @@ def bad_rs(tmp_path_factory):
     (["--target", "GTV_Mass_CT", "--rx-gy", "-120"], "must be > 0 Gy"),
     (["--target", "GTV_Mass_CT", "--seed-model", "6702"], "unknown seed model"),
     (["--target", "GTV_Mass_CT", "--seed-activity-mci", "-0.5"], "positive"),
+    (["--target", "GTV_Mass_CT", "--oar-limit", "Far"], "give NAME=GY"),
+    (["--target", "GTV_Mass_CT", "--oar-limit", "Nope=40"], "no structure named 'Nope'"),
+    (["--target", "GTV_Mass_CT", "--oar-limit", "Far=40"], "not an organ at risk of this plan"),
+    (["--target", "GTV_Mass_CT", "--oar", "Far"], "outside the CT"),
 ])
 def test_bad_input_exit_2(bad_rs, tmp_path, capsys, extra, message):
     args = ["plan", "--ct", f"{STS}/STS_001/ct", "--structures", str(bad_rs), *ARGS, "--out", str(tmp_path)]

@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
     p.add_argument("--rx-gy", type=float, required=True, help="prescription dose to the CTV (Gy, total dose)")
     p.add_argument("--seed-model", required=True, help="seed model: 6711 or IAI-125A")
     add_strength_options(p)
+    p.add_argument("--oar-limit", action="append", default=None, metavar="NAME=GY",
+                   help="D0.1cc limit of an OAR in Gy, replacing the default for its class (repeat)")
     p.add_argument("--margin-mm", type=float, default=5.0, help="CTV margin around the target (mm, default 5)")
     p.add_argument("--min-skin-depth-mm", type=float, default=10.0,
                    help="seeds at least this deep below the skin (mm, default 10)")
@@ -53,7 +55,8 @@ def run(args) -> int:
     prog.step(f"reading structures {args.structures}")
     structures = read_structure_set(args.structures, ct)
     opts = PlanOptions(margin_mm=args.margin_mm, min_skin_depth_mm=args.min_skin_depth_mm,
-                       dose_grid_mm=args.dose_grid_mm, progress=prog.step)
+                       dose_grid_mm=args.dose_grid_mm, oar_limits_gy=_oar_limits(args.oar_limit, structures),
+                       progress=prog.step)
     res = make_plan(ct, structures, args.target, args.oar, args.rx_gy, model, sk_u, opts)
     plan = res.plan
 
@@ -79,6 +82,24 @@ def run(args) -> int:
             f"{k} ({_describe(res.checks[k])})" for k in failed) + "; review it before use (exit 3)\n")
         return 3
     return 0
+
+
+def _oar_limits(items, structures) -> dict:
+    """``["Cord=45", ...]`` -> ``{"Cord": 45.0}``; names must exist, limits must be > 0 Gy."""
+    out = {}
+    for item in items or []:
+        name, sep, value = str(item).rpartition("=")
+        try:
+            gy = float(value)
+        except ValueError:
+            gy = float("nan")
+        if not sep or not name or not np.isfinite(gy) or gy <= 0:
+            raise InputError(f"--oar-limit {item!r}: give NAME=GY with a limit > 0 Gy (e.g. --oar-limit SpinalCord=45)")
+        if name not in structures:
+            raise InputError(f"--oar-limit {item!r}: no structure named '{name}'; the structure set holds: "
+                             f"{', '.join(sorted(structures))}")
+        out[name] = gy
+    return out
 
 
 def _describe(c: dict) -> str:
