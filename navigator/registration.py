@@ -164,7 +164,9 @@ class RegistrationResult:
             "fixed_to_moving": [[round(float(v), 8) for v in row] for row in self.fixed_to_moving],
             "metric": round(float(self.metric), 6),
             "converged": bool(self.converged),
-            "estimated_error_mm": round(float(self.estimated_error_mm), 4),
+            # null when there is no estimate (a refusal before any registration ran): JSON has no Infinity
+            "estimated_error_mm": (round(float(self.estimated_error_mm), 4) if np.isfinite(self.estimated_error_mm)
+                                   else None),
             "seconds": round(float(self.seconds), 3),
             "cpu_seconds": round(float(self.cpu_seconds), 3),
             "stop_condition": self.stop_condition,
@@ -193,7 +195,7 @@ class RegistrationResult:
                 fixed_to_moving=m,
                 metric=float(d["metric"]),
                 converged=bool(d["converged"]),
-                estimated_error_mm=float(d["estimated_error_mm"]),
+                estimated_error_mm=float("inf") if d["estimated_error_mm"] is None else float(d["estimated_error_mm"]),
                 seconds=float(d.get("seconds", 0.0)),
                 stop_condition=str(d.get("stop_condition", "")),
                 region_centre_mm=np.array(d.get("region_centre_mm", [0, 0, 0]), dtype=float),
