@@ -158,3 +158,21 @@ def test_missing_plan_file(case, tmp_path, capsys):
                "--ct", str(case["ct_dir"]), "--out", str(tmp_path)])
     assert rc == 2
     assert "plan file not found" in capsys.readouterr().err
+
+
+def test_only_the_inserted_needles(case, needles_run, tmp_path):
+    """--needles checks a subset (the reference needles) against the full plan's dose; a saved registration
+    is reused instead of registering again."""
+    _, first = needles_run
+    rc = main(["needles", "--plan", str(case["plan_path"]), "--preplan-ct", str(case["pre_dir"]),
+               "--ct", str(case["ct_dir"]), "--out", str(tmp_path), "--structures", str(case["rs"]), "--ctv", "GTV",
+               "--registration", str(first / "registration.json"), "--needles", "N01,N07"])
+    data = json.loads((tmp_path / "needles.json").read_text())
+    full = json.loads((first / "needles.json").read_text())
+    assert [n["id"] for n in data["needles"]] == ["N01", "N07"]
+    assert data["planned_d90_gy"] == full["planned_d90_gy"]
+    assert data["registration"]["fixed_to_moving"] == full["registration"]["fixed_to_moving"]
+    assert rc == (0 if all(n["within_tolerance"] for n in data["needles"]) else 3)
+    rc = main(["needles", "--plan", str(case["plan_path"]), "--preplan-ct", str(case["pre_dir"]),
+               "--ct", str(case["ct_dir"]), "--out", str(tmp_path), "--needles", "N99"])
+    assert rc == 2

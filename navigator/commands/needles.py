@@ -1,5 +1,5 @@
 """``navigator needles --plan plan.json --preplan-ct DIR --ct DIR --out DIR [--tolerance-mm 2]
-[--structures RS.dcm] [--ctv NAME] [--registration registration.json]``
+[--structures RS.dcm] [--ctv NAME] [--registration registration.json] [--needles ID,...]``
 
 Finds the needles in an intraop CT and compares each with the plan: registration (pre-plan -> intraop),
 needle finding along the mapped tracks, deviation per needle (tip error, lateral, depth, angle), the dose
@@ -33,6 +33,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--registration", metavar="registration.json",
                         help="use this registration (navigator register) instead of registering again")
     parser.add_argument("--metal-hu", type=float, default=None, help="needle metal threshold, HU (1500)")
+    parser.add_argument("--needles", metavar="ID,ID,...",
+                        help="check only these needles (those inserted so far); the dose impact still uses every "
+                             "planned seed")
     add_output_options(parser)
 
 
@@ -92,6 +95,13 @@ def run(args) -> int:
     prog.step(f"finding {len(plan.needles)} needles")
     settings = NeedleFindingSettings() if args.metal_hu is None else NeedleFindingSettings(metal_hu=args.metal_hu)
     planned = planned_in_intraop(plan, reg)
+    if args.needles:
+        wanted = [v.strip() for v in args.needles.split(",") if v.strip()]
+        unknown = [v for v in wanted if v not in {n.id for n in plan.needles}]
+        if unknown:
+            raise InputError(f"--needles names {unknown}, which the plan does not have; its needles are "
+                             f"{[n.id for n in plan.needles]}")
+        planned = [p for p in planned if p[0] in wanted]
     mapped_centre = reg.map_fixed_to_moving(centre)
     _check_covers(ct, mapped_centre, args.ct)
     search = find_needles(ct, planned, settings)
