@@ -61,6 +61,13 @@ class NeedleFindingSettings:
     # the needle's partial-volume halo says where it lies within a thick slice, the clipped core does not
     refit_radius_mm: float = 2.5
     refit_floor_hu: float = 300.0
+    # A needle within ~6 degrees of the axial plane lies across one or two thick slices. Which slices its
+    # steel lights along its length bounds its z at each point (inside one slice: at least a radius from the
+    # slice faces; in two: within a radius of the face between them); the line through the middle of those
+    # bounds (a small linear programme) places it better than the clipped voxels' centroid can.
+    slice_fit_max_uz: float = 0.1
+    needle_diameter_mm: float = 1.27  # 18G
+    slice_fit_margin_mm: float = 0.1  # how far steel must enter a slice to light it above metal_hu
 
 
 @dataclass
@@ -194,6 +201,7 @@ def _candidates(ct: Volume, sub: np.ndarray, offset: np.ndarray, s: NeedleFindin
         if p["length"] < s.min_length_mm or p["radius"] > s.max_radius_rms_mm:
             continue
         p = _refit(ct, sub, offset, p, s)
+        p = _slice_fit(ct, p, s)
         if _longest_gap_mm(ct, p, s) > s.max_gap_mm:
             continue
         if np.dot(p["axis"], mean_dir) < 0:
@@ -271,6 +279,69 @@ def _refit(ct: Volume, sub: np.ndarray, offset: np.ndarray, p: dict, s: NeedleFi
     tm = (p["pts"] - q["centroid"]) @ q["axis"]
     q.update(pts=p["pts"], w=p["w"], t0=float(tm.min()), t1=float(tm.max()), length=float(tm.max() - tm.min()),
              radius=p["radius"])
+    return q
+
+
+def _slice_fit(ct: Volume, p: dict, s: NeedleFindingSettings) -> dict:
+    """Refine z of a near-axial needle from which slices its steel lights (see the settings' comment)."""
+    from scipy.optimize import linprog
+
+    ax, c = p["axis"], p["centroid"]
+    if abs(ax[2]) > s.slice_fit_max_uz or not ct.is_axis_aligned() or abs(ct.direction[2, 2]) < 0.99:
+        return p
+    if ct.spacing_mm[2] < 1.5 * s.needle_diameter_mm:  # thin slices: the voxels already place it well
+        return p
+    r = 0.5 * s.needle_diameter_mm
+    d = s.slice_fit_margin_mm
+    half = 0.5 * float(ct.spacing_mm[2])
+    nk, nj, ni = ct.array.shape
+    rows = []
+    for t in np.arange(p["t0"] + 2.0, p["t1"] - 3.0, 1.0):
+        ijk = ct.lps_to_ijk(c + t * ax)
+        i, j, k0 = (int(np.rint(v)) for v in ijk)
+        if not (1 <= i < ni - 1 and 1 <= j < nj - 1 and 1 <= k0 < nk - 1):
+            continue
+        lit = [k for k in (k0 - 1, k0, k0 + 1) if ct.array[k, j - 1:j + 2, i - 1:i + 2].max() > s.metal_hu]
+        if not lit or len(lit) > 2 or (len(lit) == 2 and lit[1] - lit[0] != 1):
+            continue
+        zk = [float(ct.ijk_to_lps([i, j, k])[2]) for k in lit]
+        if len(lit) == 1:  # inside one slice: at least a radius (less the margin) from both faces
+            lo, hi = zk[0] - half + r - d, zk[0] + half - r + d
+        else:  # across the face between two slices: within a radius (less the margin) of it
+            b = 0.5 * (zk[0] + zk[1])
+            lo, hi = b - r + d, b + r - d
+        rows.append((t, lo, hi))
+    if len(rows) < 5:
+        return p
+    a = np.array(rows)
+    ts, lo, hi = a[:, 0], a[:, 1], a[:, 2]
+    # maximise the margin m:  lo + m <= z0 + beta t <= hi - m   (variables z0, beta, m)
+    a_ub = np.vstack([np.column_stack([-np.ones_like(ts), -ts, np.ones_like(ts)]),
+                      np.column_stack([np.ones_like(ts), ts, np.ones_like(ts)])])
+    b_ub = np.concatenate([-lo, hi])
+    zc = float(np.median(0.5 * (lo + hi)))
+    res = linprog([0, 0, -1.0], A_ub=a_ub, b_ub=b_ub,
+                  bounds=[(zc - 5.0, zc + 5.0), (-s.slice_fit_max_uz, s.slice_fit_max_uz), (-5.0, 5.0)])
+    if not res.success or res.x[2] < -0.3:  # bounds that no line meets: leave the fit as it was
+        return p
+    # many lines share the best margin when the bounds say little about the slope: of those, take the one
+    # closest to the first fit's slope (second programme, variables z0, beta, u >= |beta - beta0|)
+    m = float(res.x[2]) - 0.02
+    beta0 = float(ax[2])
+    a2 = np.vstack([np.column_stack([-np.ones_like(ts), -ts, np.zeros_like(ts)]),
+                    np.column_stack([np.ones_like(ts), ts, np.zeros_like(ts)]),
+                    [[0, 1.0, -1.0], [0, -1.0, -1.0]]])
+    b2 = np.concatenate([-lo - m, hi - m, [beta0, -beta0]])
+    res2 = linprog([0, 0, 1.0], A_ub=a2, b_ub=b2,
+                   bounds=[(zc - 5.0, zc + 5.0), (-s.slice_fit_max_uz, s.slice_fit_max_uz), (0, 1.0)])
+    z0, beta = (float(res2.x[0]), float(res2.x[1])) if res2.success else (float(res.x[0]), float(res.x[1]))
+    axis = np.array([ax[0], ax[1], beta])
+    axis /= np.linalg.norm(axis)
+    cen = np.array([c[0], c[1], z0])
+    q = dict(p)
+    tm = (p["pts"] - cen) @ axis
+    q.update(axis=axis, centroid=cen, t0=float(tm.min()), t1=float(tm.max()), length=float(tm.max() - tm.min()),
+             slice_fit_points=len(rows))
     return q
 
 
