@@ -8,8 +8,11 @@ Method, and why:
    12-bit range at 3071 HU; bone and contrast stay well below 1500 HU).
 2. Each 26-connected metal component is a candidate; its axis is the intensity-weighted principal axis
    (PCA) of its voxels in mm, so anisotropic voxels do not tilt it. Short (< ``min_length_mm``: seeds) or
-   thick (bone, crossed needles) components are not needles. Collinear pieces of one needle broken by
-   partial volume are merged.
+   thick (bone) components are not needles; a thick component that k = 2-3 lines explain is needles that
+   touch. Collinear pieces of one needle broken by partial volume are merged; a line with a gap on its axis
+   is seeds in a row, not a needle. The axis is refitted on the metal's halo too, and for a needle near the
+   axial plane of a thick-slice scan its z comes from which slices its steel lights (``_slice_fit``).
+   Through-slice accuracy stays limited to about a third of the slice for a needle lying inside one slice.
 3. The tip is where the intensity profile along the axis falls to half-way between the needle plateau and the
    tissue beyond, interpolated between 0.1 mm samples. For a symmetric blur that crossing is the true end
    of the steel; the scanner clips steel at 3071 HU, so the clipped edge lies a little beyond it: a bias
