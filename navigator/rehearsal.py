@@ -234,8 +234,7 @@ class Rehearsal:
         return checks[-1]
 
     def check_scan(self, plan: Plan, name: str, world_needles: dict) -> dict:
-        """Render the intraop CT with the real needles, write it as DICOM, and check it with `navigator needles`
-        against the plan restricted to the needles inserted so far."""
+        """Render the intraop CT with the real needles, write it as DICOM, and check it with `navigator needles`."""
         from simulators.phantoms.cases import intraop_scan
         from simulators.phantoms.writer import write_scan
 
@@ -244,13 +243,10 @@ class Rehearsal:
         pairs = [(np.array(e), np.array(t)) for e, t in world_needles.values()]
         vol = intraop_scan(p, pairs, motion=self.motion(name), rng=_rng(self.o.seed, "scan", name))
         ct_dir = write_scan(vol, scan_dir)
-        inserted = set(world_needles)
-        subset = Plan.from_dict(plan.to_dict())
-        subset.needles = [n for n in subset.needles if n.id in inserted]
-        subset.seeds = [s for s in subset.seeds if s.needle_id in inserted]
-        subset_path = scan_dir / "plan_inserted_needles.json"
-        subset.save(subset_path)
-        self.navigator("needles", "--plan", subset_path, "--preplan-ct", self.case["ct_dir"], "--ct", ct_dir,
+        # Only the needles inserted so far are looked for; each one's D90 change is judged against the whole
+        # planned implant (the seeds it will join), not against the few needles already in.
+        self.navigator("needles", "--plan", self.out / "plan" / "plan.json", "--needles", ",".join(world_needles),
+                       "--preplan-ct", self.case["ct_dir"], "--ct", ct_dir,
                        "--structures", self.out / "plan" / "RTSTRUCT.dcm", "--tolerance-mm", self.o.tolerance_mm,
                        "--out", scan_dir, ok=(0, 3))
         result = json.loads((scan_dir / "needles.json").read_text())
