@@ -219,7 +219,10 @@ class Rehearsal:
                         self.session.operator_override(nid, f"accepted after {rnd} insertions (rehearsal operator)")
                 break
             to_redraw = out  # the operator re-inserts what the advice says, more carefully
-        if self.session.state in (State.REGISTERED, State.REFERENCE_NEEDLES_CHECKED):
+        # Only the transition this scan has not made yet: a run resumed after the reference needles were
+        # checked goes through the (journaled) reference loop again and must not re-enter that state.
+        before = (State.REGISTERED,) if scan == "reference" else (State.REGISTERED, State.REFERENCE_NEEDLES_CHECKED)
+        if self.session.state in before:
             self.session.needles_checked(scan)
         return actual, rounds
 
