@@ -308,17 +308,27 @@ class Rehearsal:
         return data
 
     def delivery_plan(self, plan_path: Path) -> Path:
-        """The plan to deliver: the pre-plan, less any needles the operator abandons (``skip_needles``)."""
-        if self.o.skip_needles <= 0:
+        """The plan to deliver: the pre-plan, less any needles the operator abandons (``skip_needles``), with
+        an ``X<n>`` label for each needle placed without the template (``hole`` null, e.g. the planner's single
+        needles), as the supplementary needles get: the applicator needs a hole id for every needle."""
+        freehand = [n.id for n in Plan.load(plan_path).needles if not n.hole]
+        if self.o.skip_needles <= 0 and not freehand:
             return plan_path
         path = self.out / "delivery" / "plan_delivered.json"
         if path.exists():
             return path
         plan = Plan.load(plan_path)
+        used = {n.hole for n in plan.needles if n.hole}
+        labels = (f"X{k}" for k in range(1, 100) if f"X{k}" not in used)
+        for n in plan.needles:
+            if not n.hole:
+                n.hole = next(labels)
+        plan.extra["freehand_needles"] = {n.id: n.hole for n in plan.needles if n.id in freehand}
         count = {n.id: len(plan.seeds_of(n.id)) for n in plan.needles}
         dropped = sorted(count, key=lambda i: (-count[i], i))[: self.o.skip_needles]
-        self.session.record("operator_abandons_needles", {"needles": dropped,
-                                                          "seeds": sum(count[i] for i in dropped)})
+        if dropped:
+            self.session.record("operator_abandons_needles", {"needles": dropped,
+                                                              "seeds": sum(count[i] for i in dropped)})
         plan.needles = [n for n in plan.needles if n.id not in dropped]
         plan.seeds = [s for s in plan.seeds if s.needle_id not in dropped]
         plan.extra["abandoned_needles"] = dropped
