@@ -11,6 +11,9 @@ median / max time, with the machine details and the load average (a loaded machi
     python bench/bench_rehearsal.py --seeds 1-20 --case neck [--out-root /tmp/rehearsal_bench] [--keep] [--json F]
     python bench/bench_rehearsal.py --summarize F1.json F2.json   # merge runs done in parallel streams
 
+The rehearsals run from a copy of the code taken when the bench starts (ROOT/src; ``--no-snapshot`` runs the
+shared working tree as it is), so that one table is one version of the code; the commit is printed.
+
 A seed whose rehearsal fails is listed with its exit code and the last line of its message (and counts as a
 failure in the summary); its folder is kept for the bug report.
 """
@@ -30,6 +33,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def snapshot_source(dest: Path) -> tuple[Path, str]:
+    """A copy of the working tree's code (with numba's caches, mtimes kept) to run from, so that the
+    rehearsals of one bench run all use the same code while others keep editing the shared tree. Returns
+    the folder and a line naming the commit and the files that differ from it."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(REPO, dest, symlinks=True, ignore=shutil.ignore_patterns(".git", "out", "*.egg-info", "img"))
+    head = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--short", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.split()
+    changed = [p for p in dirty[1::2]]
+    return dest, f"code: {head[:90]}" + (f"; uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -60,7 +78,7 @@ def machine() -> str:
             f"affinity = {aff} cores, python {platform.python_version()}, {platform.platform()}")
 
 
-def run_one(case: str, seed: int, out: Path, extra: list[str], timeout_s: float) -> dict:
+def run_one(case: str, seed: int, out: Path, extra: list[str], timeout_s: float, code: Path = REPO) -> dict:
     if out.exists():
         shutil.rmtree(out)
     cmd = [sys.executable, "-m", "navigator.cli", "rehearse", "--out", str(out), "--seed", str(seed),
@@ -69,7 +87,7 @@ def run_one(case: str, seed: int, out: Path, extra: list[str], timeout_s: float)
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     try:
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+        p = subprocess.run(cmd, cwd=code, capture_output=True, text=True, timeout=timeout_s)
         rc, err = p.returncode, p.stderr
     except subprocess.TimeoutExpired as exc:
         rc, err = "timeout", (exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
@@ -165,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep every rehearsal folder (default: failed ones only)")
     ap.add_argument("--timeout-s", type=float, default=1200.0, help="give up on one rehearsal after this long")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument("--no-snapshot", action="store_true",
+                    help="run the working tree's code as it is at each rehearsal (default: a copy taken at start)")
     ap.add_argument("--summarize", nargs="+", metavar="ROWS.json",
                     help="print the table and summary of earlier runs' --json files (no rehearsal is run)")
     ap.add_argument("extra", nargs="*", help="extra options for navigator rehearse (after --)")
@@ -186,13 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.out_root)
     root.mkdir(parents=True, exist_ok=True)
     print(machine())
+    code = REPO
+    if not args.no_snapshot:
+        code, what = snapshot_source(root / "src")
+        print(f"running a copy of the code taken at start ({code}); {what}")
     print(f"numba threads: {os.environ.get('NUMBA_NUM_THREADS', 'default')}; load average at start: {load_avg()}; "
           f"started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
     print(HEADER, flush=True)
     rows = []
     for case in cases:
         for seed in seeds:
-            row = run_one(case, seed, root / f"{case}-s{seed}", args.extra, args.timeout_s)
+            row = run_one(case, seed, root / f"{case}-s{seed}", args.extra, args.timeout_s, code)
             rows.append(row)
             print(format_row(row), flush=True)
             if args.json:  # after every rehearsal, so a run cut short still leaves its rows

@@ -8,7 +8,7 @@ released twice.
    rehearsal.json, report.html).
 2. The kill points spread over all steps: each kill picks one of those intervals at random (the delivery
    intervals, where a seed could be released twice, three times as often) and a moment uniformly within
-   that interval's reference duration. Sorted in procedure order, they are played against one rehearsal
+   that interval's reference duration (instantaneous bookkeeping intervals, < 0.5 s, are not aimed at). Sorted in procedure order, they are played against one rehearsal
    folder: a run is started (resuming), the bench waits until that run has reached the interval (its own
    ``session_resumed`` line is written and the interval's preceding step is done), sleeps the chosen moment
    and sends SIGKILL; the step the journal shows it was in is counted. After the last kill the run is left
@@ -23,7 +23,10 @@ Compared with the reference: the delivery ledgers (seed id, device index) of ``d
 time, with the machine details and load average.
 
     python bench/bench_rehearsal_crash.py --seed 1 --case neck --kills 50 --work /tmp/rehearsal_crash
-        [--reference /tmp/finished_rehearsal_of_that_seed] [--rng 2026]
+        [--reference /tmp/finished_rehearsal_of_that_seed] [--rng 2026] [--no-snapshot]
+
+Both rehearsals run from a copy of the code taken at start (WORK/src), so they are the same code even while
+others edit the shared tree (``--reference`` must then come from the same code).
 """
 
 from __future__ import annotations
@@ -45,10 +48,26 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+CODE = REPO  # where the rehearsals run from: a copy of the code taken at start (see snapshot_source)
 
 FIGURES = ("case", "seed", "prescription_gy", "preplan_metrics", "postimplant_metrics", "final_metrics",
            "seeds_planned", "seeds_released", "supplementary_seeds", "device_released_total", "needle_scans",
            "seeds_found_postimplant")
+
+
+def snapshot_source(dest: Path) -> tuple[Path, str]:
+    """A copy of the working tree's code (with numba's caches, mtimes kept) to run from, so that the
+    rehearsals of one bench run all use the same code while others keep editing the shared tree. Returns
+    the folder and a line naming the commit and the files that differ from it."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(REPO, dest, symlinks=True, ignore=shutil.ignore_patterns(".git", "out", "*.egg-info", "img"))
+    head = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--short", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.split()
+    changed = [p for p in dirty[1::2]]
+    return dest, f"code: {head[:90]}" + (f"; uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def load_avg() -> str:
@@ -60,7 +79,7 @@ def start_simulator(seed: int, log: Path):
     released seeds) goes to ``log``."""
     err = open(log, "w")
     proc = subprocess.Popen([sys.executable, "-m", "simulators.applicator", "--listen", "127.0.0.1:0",
-                             "--seeds", "500", "--seed", str(seed)], cwd=REPO, stdout=subprocess.PIPE,
+                             "--seeds", "500", "--seed", str(seed)], cwd=CODE, stdout=subprocess.PIPE,
                             stderr=err, text=True, start_new_session=True)
     line = proc.stdout.readline().strip()
     if not line.startswith("LISTENING socket://"):
@@ -164,10 +183,17 @@ def main(argv: list[str] | None = None) -> int:
                                         "--device to a fresh simulator) instead of running one")
     ap.add_argument("--rng", type=int, default=2026, help="seed of the kill points")
     ap.add_argument("--delivery-weight", type=float, default=3.0)
+    ap.add_argument("--no-snapshot", action="store_true",
+                    help="run the working tree's code as it is (default: a copy taken at start, so the reference "
+                         "and the crash runs are the same code while others edit the tree)")
     args = ap.parse_args(argv)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    global CODE
+    if not args.no_snapshot:
+        CODE, what = snapshot_source(work / "src")
+        print(f"running a copy of the code taken at start ({CODE}); {what}")
     print(f"machine: {platform.processor() or platform.machine()}, os.cpu_count() = {os.cpu_count()}, "
           f"python {platform.python_version()}; load average at start {load_avg()}; "
           f"{time.strftime('%H:%M:%S UTC', time.gmtime())}", flush=True)
@@ -181,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(ref, ignore_errors=True)
         proc, url = start_simulator(args.seed, work / "sim_reference.log")
         t = time.perf_counter()
-        p = subprocess.run(rehearse_cmd(ref, args.seed, args.case, url), cwd=REPO, env=env,
+        p = subprocess.run(rehearse_cmd(ref, args.seed, args.case, url), cwd=CODE, env=env,
                            capture_output=True, text=True)
         ref_wall = time.perf_counter() - t
         ref_device = stop_simulator(proc, work / "sim_reference.log")
@@ -197,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.rng)
     weights = np.array([args.delivery_weight if step_kind(n) in ("delivery", "supplement", "device_started")
                         else 1.0 for n, _, d in ivals])
-    weights[[d < 0.05 for _, _, d in ivals]] = 0.0  # instantaneous bookkeeping steps
+    weights[[d < 0.5 for _, _, d in ivals]] = 0.0  # instantaneous bookkeeping steps
     weights /= weights.sum()
     picks = sorted((int(i), float(rng.uniform(0.0, ivals[i][2])))
                    for i in rng.choice(len(ivals), size=args.kills, p=weights))
@@ -219,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         err_path = work / "crash_run.err"  # a file, not a pipe: a killed run's unread output must not block it
         with open(err_path, "w") as err_file:
-            proc = subprocess.Popen(rehearse_cmd(crash, args.seed, args.case, url), cwd=REPO, env=env,
+            proc = subprocess.Popen(rehearse_cmd(crash, args.seed, args.case, url), cwd=CODE, env=env,
                                     stdout=subprocess.DEVNULL, stderr=err_file, text=True)
         if k == len(picks):
             proc.wait(timeout=1800)
