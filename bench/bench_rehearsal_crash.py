@@ -8,11 +8,11 @@ released twice.
    rehearsal.json, report.html).
 2. The kill points spread over all steps: each kill picks one of those intervals at random (the delivery
    intervals, where a seed could be released twice, three times as often) and a moment uniformly within
-   that interval's reference duration (instantaneous bookkeeping intervals, < 0.5 s, are not aimed at). Sorted in procedure order, they are played against one rehearsal
-   folder: a run is started (resuming), the bench waits until that run has reached the interval (its own
-   ``session_resumed`` line is written and the interval's preceding step is done), sleeps the chosen moment
-   and sends SIGKILL; the step the journal shows it was in is counted. After the last kill the run is left
-   to finish.
+   that interval's reference duration (instantaneous bookkeeping intervals, < 0.5 s, are not aimed at).
+   Sorted in procedure order, they are played against one rehearsal folder: a run is started (resuming),
+   the bench waits until that run has reached the interval (its own ``session_resumed`` line is written and
+   the interval's preceding step is done), sleeps the chosen moment and sends SIGKILL; the step the journal
+   shows it was in is counted. After the last kill the run is left to finish.
 3. Both rehearsals drive a simulated applicator that the bench starts itself, in its own process (it
    survives the kills, as a real device does); its counter of seeds that really left it, printed when it is
    stopped, is the independent check that no seed was released twice.
@@ -129,7 +129,7 @@ def intervals_of(reference: Path) -> list[tuple[str, str | None, float]]:
     start = _t(entries[0])
     out, prev = [], None
     for e in entries:
-        if e["kind"] == "step_done":
+        if e["kind"] == "step_done" and e["data"]["step"] != "device_started":  # none with --device
             name = e["data"]["step"]
             out.append((name, prev, max(_t(e) - start, 0.0)))
             prev, start = name, _t(e)
