@@ -3,7 +3,7 @@
     python bench/bench_dicom_import.py [--slices 100] [--repeat 3]
 
 Writes a synthetic 512 x 512 CT series into a temporary folder, built from the header of a real IBSI slice
-(/work/shared/data/ibsi-sts-ct, 16-bit signed, implicit VR), with 50 axial contours (a 50 mm ellipse per slice),
+(shared/data/ibsi-sts-ct beside the checkout, 16-bit signed, implicit VR), with 50 axial contours (a 50 mm ellipse per slice),
 then times ``load_ct_series``, ``structure_mask``, ``structure_fraction`` (supersample 4), ``expand_margin``
 (5 mm) and ``mask_to_contours``, and prints a table with machine details. The first (cold) load also includes
 the operating system's file cache filling.
@@ -35,7 +35,7 @@ from navigator.structures import (  # noqa: E402
     structure_mask,
 )
 
-TEMPLATE = Path("/work/shared/data/ibsi-sts-ct/STS_001/ct/000000.dcm")
+TEMPLATE = Path(__file__).resolve().parents[2] / "shared/data/ibsi-sts-ct/STS_001/ct/000000.dcm"
 
 
 def write_series(folder: Path, n_slices: int) -> None:

@@ -41,7 +41,7 @@ def _cases(with_sts: bool):
         from navigator.structures import read_structure_set
 
         for case in ("STS_001", "STS_004"):
-            d = Path("/work/shared/data/ibsi-sts-ct") / case
+            d = Path(__file__).resolve().parents[2] / "shared/data/ibsi-sts-ct" / case
             ct = load_ct_series(d / "ct")
             yield f"{case} sarcoma (real CT)", ct, read_structure_set(d / "RS.dcm", ct), "GTV_Mass_CT"
 

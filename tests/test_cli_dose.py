@@ -14,8 +14,9 @@ import pytest
 from navigator import dose, tg43
 from navigator.cli import main
 from navigator.dicom_write import read_rtdose
+from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
-STS = Path("/work/shared/data/ibsi-sts-ct/STS_001")
+STS = IBSI / "STS_001"
 
 
 def test_tg43_table_on_stdout(capsys):

@@ -16,8 +16,9 @@ from navigator.dicom_ct import load_ct_series
 from navigator.dicom_write import read_rtdose, write_rtstruct
 from navigator.plan import Plan
 from navigator.structures import read_structure_set, structure_mask
+from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
-STS = "/work/shared/data/ibsi-sts-ct"
+STS = str(IBSI)
 ARGS = ["--rx-gy", "120", "--seed-model", "6711", "--seed-activity-mci", "0.5"]
 
 

@@ -15,10 +15,11 @@ from pydicom.uid import generate_uid
 
 from navigator.dicom_ct import list_series, load_ct_series
 from navigator.errors import DicomSeriesError, InputError
+from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
-DATA = Path("/work/shared/data/ibsi-sts-ct")
+DATA = IBSI
 
-# From /work/shared/data/ibsi-sts-ct/README.md: slices, rows, cols, pixel mm, step mm, z range mm, position.
+# From shared/data/ibsi-sts-ct/README.md: slices, rows, cols, pixel mm, step mm, z range mm, position.
 README = {
     "STS_001": (59, 202, 198, 0.9766, 3.27, (-881.32, -691.66), "HFS"),
     "STS_004": (85, 183, 173, 0.9766, 3.27, (590.14, 864.82), "FFS"),

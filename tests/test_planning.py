@@ -11,8 +11,9 @@ from navigator.errors import InputError, SeedModelError, StructureError
 from navigator.image import Volume
 from navigator.planning import make_plan
 from navigator.seed_optimize import PointPenalties, influence_matrix, kernel_table, optimize_loading
+from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
-STS = "/work/shared/data/ibsi-sts-ct"
+STS = str(IBSI)
 RX = 120.0
 SK_U = tg43.sk_u_from(activity_mci=0.5)
 

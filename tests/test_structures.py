@@ -26,8 +26,9 @@ from navigator.structures import (
     structure_fraction,
     structure_mask,
 )
+from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
-DATA = Path("/work/shared/data/ibsi-sts-ct")
+DATA = IBSI
 pytestmark = pytest.mark.filterwarnings("ignore:The value length:UserWarning")
 
 
