@@ -12,7 +12,9 @@ released twice.
    Sorted in procedure order, they are played against one rehearsal folder: a run is started (resuming),
    the bench waits until that run has reached the interval (its own ``session_resumed`` line is written and
    the interval's preceding step is done), sleeps the chosen moment and sends SIGKILL; the step the journal
-   shows it was in is counted. After the last kill the run is left to finish.
+   shows it was in is counted (a delivery's moment counts from the run's own ``delivery_started`` line, and a
+   run whose targeted step completes before the moment is killed right then, so that every kill lands in or
+   just after the step it aims at). After the last kill the run is left to finish.
 3. Both rehearsals drive a simulated applicator that the bench starts itself, in its own process (it
    survives the kills, as a real device does); its counter of seeds that really left it, printed when it is
    stopped, is the independent check that no seed was released twice.
@@ -122,16 +124,23 @@ def _t(entry: dict) -> float:
     return datetime.fromisoformat(entry["t"].replace("Z", "+00:00")).timestamp()
 
 
+def is_delivery(name: str) -> bool:
+    return name == "delivery" or re.fullmatch(r"supplement_\d+", name) is not None
+
+
 def intervals_of(reference: Path) -> list[tuple[str, str | None, float]]:
     """(step, preceding step or None, seconds) for each step of the reference run, in order; the last one,
-    'report', is the tail after the journal's last line (closing, rehearsal.json, report.html)."""
+    'report', is the tail after the journal's last line (closing, rehearsal.json, report.html). A delivery is
+    timed from its ``delivery_started`` line (the device conversation, not the resume's preparations)."""
     entries = journal_entries(reference / "session.jsonl")
-    start = _t(entries[0])
+    start = delivery_start = _t(entries[0])
     out, prev = [], None
     for e in entries:
+        if e["kind"] == "delivery_started":
+            delivery_start = _t(e)
         if e["kind"] == "step_done" and e["data"]["step"] != "device_started":  # none with --device
             name = e["data"]["step"]
-            out.append((name, prev, max(_t(e) - start, 0.0)))
+            out.append((name, prev, max(_t(e) - (delivery_start if is_delivery(name) else start), 0.0)))
             prev, start = name, _t(e)
     end = max((reference / f).stat().st_mtime for f in ("rehearsal.json", "report.html"))
     out.append(("report", prev, max(end - _t(entries[-1]), 0.5)))
@@ -241,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     final = None
     for k in range(len(picks) + 1):
-        marker_count = journal.read_bytes().count(b'"kind":"session_') if journal.exists() else 0
+        raw0 = journal.read_bytes() if journal.exists() else b""
+        marker_count, started_count = raw0.count(b'"kind":"session_'), raw0.count(b'"kind":"delivery_started"')
         t = time.perf_counter()
         err_path = work / "crash_run.err"  # a file, not a pipe: a killed run's unread output must not block it
         with open(err_path, "w") as err_file:
@@ -255,11 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         i, offset = picks[k]
         step, before, _ = ivals[i]
 
-        def reached(before=before, marker_count=marker_count):
+        def reached(before=before, marker_count=marker_count, started_count=started_count, step=step):
+            """This run has opened/resumed the session, the step before is done, and (a delivery) this run
+            has started talking to the device."""
             raw = journal.read_bytes() if journal.exists() else b""
             if raw.count(b'"kind":"session_') <= marker_count:
-                return False  # this run has not opened/resumed the session yet
-            return before is None or f'"kind":"step_done","data":{{"step":"{before}",'.encode() in raw
+                return False
+            if before is not None and f'"kind":"step_done","data":{{"step":"{before}",'.encode() not in raw:
+                return False
+            return not is_delivery(step) or raw.count(b'"kind":"delivery_started"') > started_count
 
         if not wait_for(reached, proc, 1800):
             proc.wait()
@@ -267,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {k + 1} ended (exit {proc.returncode}) before reaching {step}: {err[-2000:]}")
             final = (proc.returncode, err)
             break
-        time.sleep(offset)
+        # The chosen moment, or at once when the step completes first: the next kill must still find the
+        # step after it (a short delivery would otherwise be run through by a kill aimed before it).
+        done_mark = f'"kind":"step_done","data":{{"step":"{step}",'.encode()
+        wait_for(lambda: done_mark in journal.read_bytes(), proc, offset)
         if proc.poll() is not None:
             err = err_path.read_text()
             final = (proc.returncode, err)

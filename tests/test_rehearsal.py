@@ -294,23 +294,60 @@ def test_resuming_a_finished_rehearsal_changes_nothing(rehearsal):
     print(f"resume of a finished rehearsal: {seconds:.1f} s (uninterrupted run {rehearsal['seconds']:.0f} s)")
 
 
-def _intervals(folder: Path) -> list[tuple[str, str | None, float]]:
-    """(step, the step before it, seconds it took) from a finished run's journal, in order. The spawned
-    simulator's ``device_started`` is not counted as a step (a run with ``--device`` has none)."""
+def _t(entry: dict) -> float:
+    return datetime.fromisoformat(entry["t"].replace("Z", "+00:00")).timestamp()
+
+
+def _intervals(folder: Path) -> list[tuple[str, str | None, float, bool]]:
+    """(step, the step before it, seconds it took, whether it is a delivery) from a finished run's journal,
+    in order. A delivery is timed from its ``delivery_started`` line (the device conversation itself, not
+    the resume's preparations). The spawned simulator's ``device_started`` is not a step (a run with
+    ``--device`` has none)."""
     entries = _entries(folder / "session.jsonl")
-    start = datetime.fromisoformat(entries[0]["t"].replace("Z", "+00:00")).timestamp()
+    start = delivery_start = _t(entries[0])
     out, prev = [], None
     for e in entries:
+        if e["kind"] == "delivery_started":
+            delivery_start = _t(e)
         if e["kind"] == "step_done" and e["data"]["step"] != "device_started":
-            t = datetime.fromisoformat(e["t"].replace("Z", "+00:00")).timestamp()
-            out.append((e["data"]["step"], prev, t - start))
-            prev, start = e["data"]["step"], t
+            name = e["data"]["step"]
+            is_delivery = name == "delivery" or re.fullmatch(r"supplement_\d+", name) is not None
+            out.append((name, prev, _t(e) - (delivery_start if is_delivery else start), is_delivery))
+            prev, start = name, _t(e)
     return out
+
+
+def _kill_in(proc, journal: Path, step: str, before: str | None, is_delivery: bool, offset: float) -> bool:
+    """SIGKILL the (resuming) run ``offset`` seconds into ``step``: counted from this run's own session line
+    and the preceding step's completion (or, for a delivery, from this run's ``delivery_started`` line). It is
+    killed at once if the step completes first, so that the next kill still finds the step after it.
+    Returns False when the run ended by itself before."""
+    def raw():
+        return journal.read_bytes() if journal.exists() else b""
+
+    sessions, deliveries = raw().count(b'"kind":"session_'), raw().count(b'"kind":"delivery_started"')
+    done_mark = f'"kind":"step_done","data":{{"step":"{step}",'.encode()
+    before_mark = f'"kind":"step_done","data":{{"step":"{before}",'.encode()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        r = raw()
+        if r.count(b'"kind":"session_') > sessions and (before is None or before_mark in r) and (
+                not is_delivery or r.count(b'"kind":"delivery_started"') > deliveries):
+            break
+        time.sleep(0.005)
+    until = time.monotonic() + offset
+    while proc.poll() is None and time.monotonic() < until and done_mark not in raw():
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
 
 
 def test_killed_at_random_moments_and_resumed_ends_with_the_same_ledger(rehearsal, tmp_path):
     ivals = [iv for iv in _intervals(rehearsal["out"]) if iv[2] > 0.5]
-    names = [n for n, _, _ in ivals]
+    names = [iv[0] for iv in ivals]
     # Random moments each run (more paths covered over time); the seed is printed and in every failure
     # message, and REHEARSAL_KILL_SEED=<n> replays it.
     seed_of_kills = int(os.environ.get("REHEARSAL_KILL_SEED") or np.random.default_rng().integers(1 << 31))
@@ -318,8 +355,7 @@ def test_killed_at_random_moments_and_resumed_ends_with_the_same_ledger(rehearsa
     chosen = {names.index("delivery")} | set(rng.choice(len(ivals), size=KILLS - 1, replace=False).tolist())
     while len(chosen) < KILLS:
         chosen.add(int(rng.integers(len(ivals))))
-    # A moment within the step as long as it took in the fixture's run (less a margin: the load may differ).
-    kills = sorted((i, float(rng.uniform(0.0, 0.8 * ivals[i][2]))) for i in chosen)
+    kills = sorted((i, float(rng.uniform(0.0, ivals[i][2]))) for i in chosen)
 
     sim = Simulator(tmp_path / "simulator.log")
     out = tmp_path / "crash"
@@ -327,28 +363,20 @@ def test_killed_at_random_moments_and_resumed_ends_with_the_same_ledger(rehearsa
     landed = []
     try:
         for i, offset in kills:
-            step, before, _ = ivals[i]
-            opened = journal.read_bytes().count(b'"kind":"session_') if journal.exists() else 0
+            step, before, _, is_delivery = ivals[i]
             with open(tmp_path / "run.err", "w") as err:
                 proc = subprocess.Popen(_rehearse_cmd(out, sim.url), cwd=REPO, env=ENV,
                                         stdout=subprocess.DEVNULL, stderr=err)
-            deadline = time.monotonic() + RUN_TIMEOUT_S
-            while proc.poll() is None and time.monotonic() < deadline:
-                raw = journal.read_bytes() if journal.exists() else b""
-                if raw.count(b'"kind":"session_') > opened and (
-                        before is None or f'"kind":"step_done","data":{{"step":"{before}",'.encode() in raw):
-                    break
-                time.sleep(0.01)
-            time.sleep(offset)
-            if proc.poll() is not None:  # it went faster than the fixture's run and finished: no more kills
+            if not _kill_in(proc, journal, step, before, is_delivery, offset):
+                # it went faster than the fixture's run and finished: no more kills
                 assert proc.returncode == 0, (f"the run ended (exit {proc.returncode}) before its kill in {step} "
                                               f"(seed of the kills {seed_of_kills}): "
                                               f"{(tmp_path / 'run.err').read_text()[-2000:]}")
                 break
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            done = {e["data"]["step"] for e in _entries(journal) if e["kind"] == "step_done"}
-            landed.append(next((n for n in names if n not in done), "after the last step"))
+            entries = _entries(journal)
+            done = {e["data"]["step"] for e in entries if e["kind"] == "step_done"}
+            landed.append(next((n for n in names if n not in done), "after the last step")
+                          + (f" after {entries[-1]['kind']}" if entries else ""))
         p = _rehearse(out, sim.url)
         assert p.returncode == 0, p.stderr[-3000:]
     finally:
