@@ -234,8 +234,13 @@ def main(argv: list[str] | None = None) -> int:
                         else 1.0 for n, _, d in ivals])
     weights[[d < 0.5 for _, _, d in ivals]] = 0.0  # instantaneous bookkeeping steps
     weights /= weights.sum()
-    picks = sorted((int(i), float(rng.uniform(0.0, ivals[i][2])))
-                   for i in rng.choice(len(ivals), size=args.kills, p=weights))
+    targets = [int(i) for i in rng.choice(len(ivals), size=args.kills, p=weights)]
+    per_step = Counter(targets)
+    # A killed delivery resumes where it stopped, and its moments count from each run's own start of it:
+    # drawn within 2/m of its reference length (m kills aimed at it), the kills walk through the whole of it.
+    picks = sorted((i, float(rng.uniform(0.0, ivals[i][2] * (min(1.0, 2.0 / per_step[i])
+                                                               if is_delivery(ivals[i][0]) else 1.0))))
+                   for i in targets)
     print("steps of the reference run (s): " + ", ".join(f"{n} {d:.1f}" for n, _, d in ivals), flush=True)
 
     # 3. kill, resume, kill...
