@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.rng)
     weights = np.array([args.delivery_weight if step_kind(n) in ("delivery", "supplement", "device_started")
                         else 1.0 for n, _, d in ivals])
-    weights[[d < 0.5 for _, _, d in ivals]] = 0.0  # instantaneous bookkeeping steps
+    weights[[d < 0.5 and not is_delivery(n) for n, _, d in ivals]] = 0.0  # instantaneous bookkeeping steps
+    weights[[d <= 0.0 for _, _, d in ivals]] = 0.0
     weights /= weights.sum()
     targets = [int(i) for i in rng.choice(len(ivals), size=args.kills, p=weights)]
     per_step = Counter(targets)
