@@ -95,9 +95,15 @@ class Session:
         """Start a new session, or resume the one journaled at ``path`` (verifying its hash chain)."""
         path = Path(path)
         if path.exists() and path.stat().st_size > 0:
-            entries = Journal.read(path)
+            # A torn last line (power lost or the process killed in mid-write) is cut off: the journal is
+            # written before the action it records, so what it said was never acted on. Any other damage
+            # (an altered, removed or inserted line) stops the resume with the line's number.
+            torn = not path.read_bytes().endswith(b"\n")
+            entries = Journal.read(path, repair=torn)
             facts = replay(entries)
             session = cls(Journal(path), facts)
+            if torn:
+                session.journal.append("journal_repaired", {"cut": "torn last line", "line": len(entries) + 1})
             session.journal.append("session_resumed", {"state": facts.state.value,
                                                        "released_seeds": len(facts.released_seed_ids)})
             return session

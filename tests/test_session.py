@@ -100,3 +100,18 @@ def test_tampered_journal_line_is_detected_on_resume(tmp_path):
     path.write_bytes(b"\n".join(lines))
     with pytest.raises(JournalError, match="line 4"):
         Session.open(path)
+
+
+def test_a_torn_last_line_is_cut_on_resume(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}")
+    path = tmp_path / "session.jsonl"
+    s = Session.open(path)
+    _to_all_needles_checked(s, plan)
+    s.journal.close()
+    with open(path, "ab") as f:
+        f.write(b'{"n":99,"t":"2026-11-22T10:00:00Z","kind":"seed_rel')  # killed in mid-write
+    resumed = Session.open(path)
+    assert resumed.state == State.ALL_NEEDLES_CHECKED
+    kinds = [e["kind"] for e in Journal.read(path)]
+    assert kinds[-2:] == ["journal_repaired", "session_resumed"]
