@@ -139,7 +139,7 @@ def find_needles(ct: Volume, planned, settings: NeedleFindingSettings | None = N
     mean_dir = mean_dir / np.linalg.norm(mean_dir) if np.linalg.norm(mean_dir) > 0 else np.array([0, 0, 1.0])
 
     sub, offset = _box(ct, np.vstack([entries, tips]), s.box_margin_mm)
-    candidates = _candidates(ct, sub, offset, s, mean_dir)
+    candidates = _candidates(ct, sub, offset, s, mean_dir, tracks=list(zip(tips, units)))
 
     matches = [NeedleMatch(i, e, t, None) for i, e, t in zip(ids, entries, tips)]
     free = set(range(len(candidates)))
@@ -178,7 +178,8 @@ def _box(ct: Volume, points_mm: np.ndarray, margin_mm: float):
     return ct.array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], lo
 
 
-def _candidates(ct: Volume, sub: np.ndarray, offset: np.ndarray, s: NeedleFindingSettings, mean_dir) -> list[dict]:
+def _candidates(ct: Volume, sub: np.ndarray, offset: np.ndarray, s: NeedleFindingSettings, mean_dir,
+                tracks=()) -> list[dict]:
     from scipy import ndimage
 
     metal = sub > s.metal_hu
@@ -197,7 +198,8 @@ def _candidates(ct: Volume, sub: np.ndarray, offset: np.ndarray, s: NeedleFindin
         if len(idx) < 3:
             continue
         pieces.append(_fit(pts[idx], w[idx]))
-    pieces = [q for p in pieces for q in ([p] if p["radius"] <= s.max_radius_rms_mm else _split_lines(p, s))]
+    pieces = [q for p in pieces for q in ([p] if p["radius"] <= s.max_radius_rms_mm
+                                          else (_split_by_tracks(p, s, tracks) or _split_lines(p, s)))]
     pieces = _merge(pieces, s)
     out = []
     for p in pieces:
@@ -225,6 +227,35 @@ def _fit(pts: np.ndarray, w: np.ndarray) -> dict:
     radius = float(np.sqrt((w * (perp ** 2).sum(1)).sum() / w.sum()))
     return {"pts": pts, "w": w, "centroid": c, "axis": axis, "t0": float(t.min()), "t1": float(t.max()),
             "length": float(t.max() - t.min()), "radius": radius}
+
+
+def _perp_distance(pts: np.ndarray, point: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    d = pts - point
+    return np.linalg.norm(d - np.outer(d @ unit, unit), axis=1)
+
+
+def _split_by_tracks(p: dict, s: NeedleFindingSettings, tracks) -> list[dict]:
+    """A component that is many needles (a template row lying in the same thick slices, bridged by bloom and
+    streaks) split along the planned tracks that pass through it: each voxel goes to the nearest track's line,
+    then lines are refitted and voxels reassigned until stable. Lines too thick or too short are dropped;
+    a needle far from every track is left to ``_split_lines``."""
+    pts, w = p["pts"], p["w"]
+    near = [(np.asarray(e, float), np.asarray(u, float)) for e, u in tracks
+            if (_perp_distance(pts, np.asarray(e, float), np.asarray(u, float)) < s.track_radius_mm).sum() >= 3]
+    if len(near) < 2:
+        return []
+    label = np.stack([_perp_distance(pts, e, u) for e, u in near]).argmin(0)
+    lines = []
+    for _ in range(10):
+        groups = [c for c in range(len(near)) if (label == c).sum() >= 3]
+        lines = [_fit(pts[label == c], w[label == c]) for c in groups]
+        if not lines:
+            return []
+        new = np.stack([_perp_distance(pts, ln["centroid"], ln["axis"]) for ln in lines]).argmin(0)
+        if len(lines) == len(near) and np.array_equal(new, label):
+            break
+        label = new
+    return [ln for ln in lines if ln["radius"] <= s.max_radius_rms_mm and ln["t1"] - ln["t0"] >= s.min_length_mm]
 
 
 def _split_lines(p: dict, s: NeedleFindingSettings, k_max: int = 3) -> list[dict]:
