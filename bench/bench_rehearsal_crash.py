@@ -53,24 +53,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CODE = REPO  # where the rehearsals run from: a copy of the code taken at start (see snapshot_source)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_rehearsal import snapshot_source  # noqa: E402  (one copy of the code snapshot, shared by the benches)
+
 FIGURES = ("case", "seed", "prescription_gy", "preplan_metrics", "postimplant_metrics", "final_metrics",
            "seeds_planned", "seeds_released", "supplementary_seeds", "device_released_total", "needle_scans",
            "seeds_found_postimplant")
 
 
-def snapshot_source(dest: Path) -> tuple[Path, str]:
-    """A copy of the working tree's code (with numba's caches, mtimes kept) to run from, so that the
-    rehearsals of one bench run all use the same code while others keep editing the shared tree. Returns
-    the folder and a line naming the commit and the files that differ from it."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(REPO, dest, symlinks=True, ignore=shutil.ignore_patterns(".git", "out", "*.egg-info", "img"))
-    head = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--short", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.split()
-    changed = [p for p in dirty[1::2]]
-    return dest, f"code: {head[:90]}" + (f"; uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def load_avg() -> str:

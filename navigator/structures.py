@@ -343,18 +343,26 @@ def _plane_occupancy(polys_xy: list[np.ndarray], grid: Volume, win, ss: int) -> 
     return filled.reshape(nj, ss, ni, ss).mean(axis=(1, 3), dtype=np.float32)
 
 
-def structure_mask(structure: Structure, grid: Volume) -> np.ndarray:
-    """Bool (k, j, i) on ``grid``: True where the voxel centre is inside the structure (module docstring rules)."""
+def _plane_setup(structure: Structure, grid: Volume):
+    """What rasterising a structure on ``grid`` needs: (plane z's, planes, in-plane window, half the plane
+    spacing, slice z's), or None when the structure has no plane over the grid."""
     _check_grid(structure, grid)
-    out = np.zeros(grid.array.shape, dtype=bool)
     planes_z, planes = structure._planes()
     if not planes:
-        return out
+        return None
     win = _window(planes, grid)
     if win is None:
+        return None
+    return planes_z, planes, win, 0.5 * structure._plane_spacing(grid), _slice_z_mm(grid)
+
+
+def structure_mask(structure: Structure, grid: Volume) -> np.ndarray:
+    """Bool (k, j, i) on ``grid``: True where the voxel centre is inside the structure (module docstring rules)."""
+    out = np.zeros(grid.array.shape, dtype=bool)
+    setup = _plane_setup(structure, grid)
+    if setup is None:
         return out
-    half = 0.5 * structure._plane_spacing(grid)
-    zk = _slice_z_mm(grid)
+    planes_z, planes, win, half, zk = setup
     # Nearest plane per slice (ties go to the lower plane), kept if within half a plane spacing.
     pos = np.clip(np.searchsorted(planes_z, zk), 1, max(len(planes_z) - 1, 1))
     lo = planes_z[pos - 1]
@@ -384,16 +392,11 @@ def structure_fraction(structure: Structure, grid: Volume, supersample: int = 4)
     if int(supersample) < 1:
         raise ValueError(f"supersample must be >= 1, got {supersample}")
     ss = int(supersample)
-    _check_grid(structure, grid)
     out = np.zeros(grid.array.shape, dtype=np.float32)
-    planes_z, planes = structure._planes()
-    if not planes:
+    setup = _plane_setup(structure, grid)
+    if setup is None:
         return out
-    win = _window(planes, grid)
-    if win is None:
-        return out
-    half = 0.5 * structure._plane_spacing(grid)
-    zk = _slice_z_mm(grid)
+    planes_z, planes, win, half, zk = setup
     hk = 0.5 * abs(grid.spacing_mm[2])
     # overlap[k, p] = |[zk - hk, zk + hk] n [zp - half, zp + half]| / (2 hk)
     overlap = np.minimum(zk[:, None] + hk, planes_z[None, :] + half) - np.maximum(
