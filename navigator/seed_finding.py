@@ -66,6 +66,8 @@ class SeedFindingSettings:
     max_seeds_per_blob: int = 12          # more than this in one blob: not seeds (bone, a clip, a wire)
     min_seed_integral_hu_mm3: float = 5000.0   # a 2.3 mm3 metal seed carries more excess HU x volume than this
     thick_slice_mm: float = 2.0           # slices at least this thick use the slice-profile z fit
+    z_fit_reach_slices: float = 0.6       # the z fit moves a centre at most this many slices from its centroid
+    z_fit_overlap_fraction: float = 0.05  # a neighbour with this share of a seed's footprint signal is fitted jointly
     migration_mm: float = 10.0            # found seed this far from every planned position: migrated
     em_iterations: int = 40
 
@@ -584,7 +586,8 @@ def _refine_z_thick(recs, dz, thickness, s, sweeps: int = 3) -> None:
     """z centres from the slice profile with thick slices. The centroid of two or three samples of a 5 mm
     profile is biased, so each seed's per-slice sums (over its in-plane footprint) are fitted with the known
     profile; seeds of the same blob that share the footprint (stacked needles, a chain) are fitted jointly
-    (their amplitudes free, their centres from the previous sweep). Seeds lying mostly along z keep the
+    (their amplitudes free, their centres from the previous sweep). The search stays within
+    ``z_fit_reach_slices`` of the seed's centroid z. Seeds lying mostly along z keep the
     centroid: their profile is the slice profile convolved with 4.5 mm and their neighbours overlap it."""
     by_parent: dict[int, list[dict]] = {}
     for r in recs:
@@ -593,6 +596,9 @@ def _refine_z_thick(recs, dz, thickness, s, sweeps: int = 3) -> None:
         pts, w = group[0]["b"]["parent"]
         ks_all = np.round(pts[:, 2] / dz).astype(int)
         fit = [r for r in group if abs(r["axis"][2]) < 0.6]
+        # the centroid is biased by less than about half a slice; a wider search lets a seed slide onto the
+        # next slice's signal of a neighbour sharing its footprint (two needles 10 mm apart, one blob)
+        z0 = {id(r): float(r["c"][2]) for r in fit}
         for _ in range(sweeps):
             moved = 0.0
             for r in fit:
@@ -602,9 +608,15 @@ def _refine_z_thick(recs, dz, thickness, s, sweeps: int = 3) -> None:
                 ks = np.unique(ks_all[sel])
                 S = np.bincount(ks_all[sel] - ks[0], weights=w[sel])[ks - ks[0]]
                 zc = ks * dz
-                others = [o for o in group if o is not r and _footprint(o["c"][None, :], r["c"], r["axis"], s)[0]]
+                # fitted jointly: every neighbour whose own footprint carries part of this seed's footprint
+                # signal, not only those centred in it (parallel needles overlap in plane off-centre)
+                wsel = float(w[sel].sum())
+                others = [o for o in group if o is not r and (
+                    _footprint(o["c"][None, :], r["c"], r["axis"], s)[0]
+                    or float(w[sel & _footprint(pts, o["c"], o["axis"], s)].sum()) > s.z_fit_overlap_fraction * wsel)]
                 ell = max(s.seed_diameter_mm, s.seed_length_mm * abs(float(r["axis"][2])))
-                cand = r["c"][2] + np.linspace(-1.5 * dz, 1.5 * dz, 121)
+                reach = s.z_fit_reach_slices * dz
+                cand = z0[id(r)] + np.linspace(-reach, reach, 121)
                 cols = [_slice_profile(zc[None, :] - cand[:, None], ell, thickness, s)]
                 for o in others:
                     ello = max(s.seed_diameter_mm, s.seed_length_mm * abs(float(o["axis"][2])))
