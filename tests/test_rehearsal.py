@@ -350,7 +350,7 @@ def test_killed_at_random_moments_and_resumed_ends_with_the_same_ledger(rehearsa
     names = [iv[0] for iv in ivals]
     # Random moments each run (more paths covered over time); the seed is printed and in every failure
     # message, and REHEARSAL_KILL_SEED=<n> replays it.
-    seed_of_kills = int(os.environ.get("REHEARSAL_KILL_SEED") or np.random.default_rng().integers(1 << 31))
+    seed_of_kills = int(os.environ.get("REHEARSAL_KILL_SEED") or 20261122)  # fixed in CI; set to explore
     rng = np.random.default_rng(seed_of_kills)
     chosen = {names.index("delivery")} | set(rng.choice(len(ivals), size=KILLS - 1, replace=False).tolist())
     while len(chosen) < KILLS:
