@@ -236,22 +236,37 @@ class Rehearsal:
         checks = [c for c in self.session.facts.needle_checks if c.scan == scan]
         return checks[-1]
 
-    def check_scan(self, plan: Plan, name: str, world_needles: dict) -> dict:
-        """Render the intraop CT with the real needles, write it as DICOM, and check it with `navigator needles`."""
+    def check_scan(self, plan: Plan, name: str, world_needles: dict, max_scans: int = 3) -> dict:
+        """Render the intraop CT with the real needles, write it as DICOM, and check it with `navigator needles`.
+
+        When the navigator refuses the scan's registration (its own error estimate too large), the operator
+        rescans, as in the CT suite: up to ``max_scans`` scans, each journaled."""
         from simulators.phantoms.cases import intraop_scan
         from simulators.phantoms.writer import write_scan
 
         p = self.patient()
-        scan_dir = self.out / "intraop" / name
         pairs = [(np.array(e), np.array(t)) for e, t in world_needles.values()]
-        vol = intraop_scan(p, pairs, motion=self.motion(name), rng=_rng(self.o.seed, "scan", name))
-        ct_dir = write_scan(vol, scan_dir)
-        # Only the needles inserted so far are looked for; each one's D90 change is judged against the whole
-        # planned implant (the seeds it will join), not against the few needles already in.
-        self.navigator("needles", "--plan", self.out / "plan" / "plan.json", "--needles", ",".join(world_needles),
-                       "--preplan-ct", self.case["ct_dir"], "--ct", ct_dir,
-                       "--structures", self.out / "plan" / "RTSTRUCT.dcm", "--tolerance-mm", self.o.tolerance_mm,
-                       "--out", scan_dir, ok=(0, 3))
+        for attempt in range(1, max_scans + 1):
+            scan_dir = self.out / "intraop" / (name if attempt == 1 else f"{name}_rescan{attempt - 1}")
+            rng = _rng(self.o.seed, "scan", name, *(() if attempt == 1 else (attempt,)))
+            vol = intraop_scan(p, pairs, motion=self.motion(name), rng=rng)
+            ct_dir = write_scan(vol, scan_dir)
+            # Only the needles inserted so far are looked for; each one's D90 change is judged against the
+            # whole planned implant (the seeds it will join), not against the few needles already in.
+            rc = self.navigator("needles", "--plan", self.out / "plan" / "plan.json",
+                                "--needles", ",".join(world_needles), "--preplan-ct", self.case["ct_dir"],
+                                "--ct", ct_dir, "--structures", self.out / "plan" / "RTSTRUCT.dcm",
+                                "--tolerance-mm", self.o.tolerance_mm, "--out", scan_dir, ok=(0, 2, 3))
+            if rc != 2:
+                break
+            refused = scan_dir / "registration.json"
+            if not refused.exists() or attempt == max_scans:
+                raise RehearsalStepFailed(f"`navigator needles` refused the scan {scan_dir} (exit 2); see its "
+                                          "message above")
+            self.session.record("rescan", {"scan": name, "attempt": attempt,
+                                           "reason": "registration refused",
+                                           "registration": json.loads(refused.read_text())})
+            self.say(f"{name}: registration refused, the operator rescans")
         result = json.loads((scan_dir / "needles.json").read_text())
         return {"needles": result["needles"], "registration": result["registration"], "dir": str(scan_dir)}
 
