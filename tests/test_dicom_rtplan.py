@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 
 import numpy as np
 import pydicom
@@ -17,19 +15,9 @@ from navigator.dicom_write import PatientInfo, read_rtplan, write_ct_series, wri
 from navigator.errors import PlanError
 from navigator.image import Volume
 from navigator.plan import Needle, Plan, PlannedSeed
+from conftest import dciodvfy  # the one dicom3tools IOD check
 
 RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
-
-
-def dciodvfy(path) -> tuple[list[str], list[str]]:
-    """(errors, warnings) of dicom3tools' IOD check; DICOMDIR-only hints are not about the object."""
-    exe = shutil.which("dciodvfy")
-    assert exe, "dciodvfy (Debian package dicom3tools) must be installed for the DICOM conformance tests"
-    res = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    lines = (res.stdout + res.stderr).splitlines()
-    assert not any("Assertion" in line for line in lines), lines
-    return ([line for line in lines if line.startswith("Error")],
-            [line for line in lines if line.startswith("Warning") and "DICOMDIR" not in line])
 
 
 FOR_UID = "1.2.826.0.1.3680043.8.498.777"

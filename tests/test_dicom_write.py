@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +13,11 @@ from navigator.dicom_write import (PatientInfo, new_uid, read_rtdose, write_ct_s
                                    write_rtstruct)
 from navigator.errors import InputError
 from navigator.image import Volume, grid_volume
+from conftest import dciodvfy  # the one dicom3tools IOD check
 
 SPACING = (0.8, 0.75, 2.5)  # i, j, k: every axis different, so a swap fails loudly
 ORIGIN = (-31.2, 17.6, 84.0)
 FEET_FIRST = np.diag([1.0, 1.0, -1.0])  # k runs towards the feet (descending z)
-
-
-def dciodvfy(path) -> tuple[list[str], list[str]]:
-    """(errors, warnings) of dicom3tools' IOD check; DICOMDIR-only hints are not about the object."""
-    exe = shutil.which("dciodvfy")
-    assert exe, "dciodvfy (Debian package dicom3tools) must be installed for the DICOM conformance tests"
-    res = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    lines = (res.stdout + res.stderr).splitlines()
-    assert not any("Assertion" in line for line in lines), lines
-    errors = [line for line in lines if line.startswith("Error")]
-    warnings = [line for line in lines if line.startswith("Warning") and "DICOMDIR" not in line]
-    return errors, warnings
 
 
 def make_ct(shape=(12, 40, 32), direction=FEET_FIRST) -> Volume:
