@@ -23,6 +23,16 @@ def _to_all_needles_checked(s: Session, plan_path):
     s.needles_checked("all")
 
 
+def _journal_at_all_needles_checked(tmp_path):
+    """A journal of a session that reached ALL_NEEDLES_CHECKED; returns (session, journal path)."""
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}")
+    path = tmp_path / "session.jsonl"
+    s = Session.open(path)
+    _to_all_needles_checked(s, plan)
+    return s, path
+
+
 def test_full_procedure_in_order(tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text("{}")
@@ -71,11 +81,7 @@ def test_unreconciled_delivery_is_refused(tmp_path):
 
 
 def test_resume_rebuilds_state_and_steps(tmp_path):
-    plan = tmp_path / "plan.json"
-    plan.write_text("{}")
-    path = tmp_path / "session.jsonl"
-    s = Session.open(path)
-    _to_all_needles_checked(s, plan)
+    s, path = _journal_at_all_needles_checked(tmp_path)
     s.complete_step("delivery", {"released": 10})
     s.journal.close()
 
@@ -87,11 +93,7 @@ def test_resume_rebuilds_state_and_steps(tmp_path):
 
 
 def test_tampered_journal_line_is_detected_on_resume(tmp_path):
-    plan = tmp_path / "plan.json"
-    plan.write_text("{}")
-    path = tmp_path / "session.jsonl"
-    s = Session.open(path)
-    _to_all_needles_checked(s, plan)
+    s, path = _journal_at_all_needles_checked(tmp_path)
     s.journal.close()
     lines = path.read_bytes().split(b"\n")
     entry = json.loads(lines[3])
@@ -103,11 +105,7 @@ def test_tampered_journal_line_is_detected_on_resume(tmp_path):
 
 
 def test_a_torn_last_line_is_cut_on_resume(tmp_path):
-    plan = tmp_path / "plan.json"
-    plan.write_text("{}")
-    path = tmp_path / "session.jsonl"
-    s = Session.open(path)
-    _to_all_needles_checked(s, plan)
+    s, path = _journal_at_all_needles_checked(tmp_path)
     s.journal.close()
     with open(path, "ab") as f:
         f.write(b'{"n":99,"t":"2026-11-22T10:00:00Z","kind":"seed_rel')  # killed in mid-write
