@@ -26,8 +26,8 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from navigator.dicom_ct import load_ct_series  # noqa: E402
-from navigator.structures import (  # noqa: E402
+from navigator.io.dicom.ct import load_ct_series  # noqa: E402
+from navigator.anatomy.structures import (  # noqa: E402
     Structure,
     expand_margin,
     mask_to_contours,

@@ -16,8 +16,8 @@ import time
 import numba
 import numpy as np
 
-from navigator import dose, tg43
-from navigator.image import grid_volume
+from navigator.physics import dose, tg43
+from navigator.core.volume import grid_volume
 
 
 def main() -> None:

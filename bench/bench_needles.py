@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from navigator.needle_finding import find_needles  # noqa: E402
+from navigator.imaging.needle_finding import find_needles  # noqa: E402
 from simulators.phantoms.cases import demo_implant, intraop_scan, make_patient  # noqa: E402
 from simulators.phantoms.motion import apply_4x4, random_rigid, rotation_matrix  # noqa: E402
 from simulators.phantoms.needles import NeedleErrorModel, draw_needles  # noqa: E402

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from navigator import tg43  # noqa: E402
-from navigator.planning import make_plan  # noqa: E402
+from navigator.physics import tg43  # noqa: E402
+from navigator.planning.pipeline import make_plan  # noqa: E402
 
 RX_GY = 120.0
 SK_U = tg43.sk_u_from(activity_mci=0.5)
@@ -37,8 +37,8 @@ def _cases(with_sts: bool):
     p = phantoms.make_patient("neck", seed=1, node_diameter_mm=38.5)  # GTV ~30 cc
     yield "neck 38.5 mm node (GTV ~30 cc)", p.ct, p.structures, "GTV"
     if with_sts:
-        from navigator.dicom_ct import load_ct_series
-        from navigator.structures import read_structure_set
+        from navigator.io.dicom.ct import load_ct_series
+        from navigator.anatomy.structures import read_structure_set
 
         for case in ("STS_001", "STS_004"):
             d = Path(__file__).resolve().parents[2] / "shared/data/ibsi-sts-ct" / case

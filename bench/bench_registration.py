@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from navigator.registration import RegistrationSettings, register_rigid  # noqa: E402
+from navigator.imaging.registration import RegistrationSettings, register_rigid  # noqa: E402
 from simulators.phantoms.cases import demo_implant, intraop_scan, make_patient  # noqa: E402
 from simulators.phantoms.motion import apply_4x4, random_rigid, rigid_parameters  # noqa: E402
 from simulators.phantoms.needles import NeedleErrorModel, draw_needles  # noqa: E402

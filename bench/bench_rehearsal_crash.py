@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if kills != args.kills:
         problems.append(f"only {kills} of {args.kills} kills happened")
     if rc == 0:
-        from navigator.journal import Journal
+        from navigator.session.journal import Journal
 
         Journal.read(journal)  # raises if the chain is broken
         crash_json = json.loads((crash / "rehearsal.json").read_text())

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
-from navigator.image import Volume  # noqa: E402
-from navigator.seed_finding import find_seeds  # noqa: E402
+from navigator.core.volume import Volume  # noqa: E402
+from navigator.imaging.seed_finding import find_seeds  # noqa: E402
 
 
 def implant(rng, centre, direction=(0.25, 0.9, 0.35)):

@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from navigator.delivery import Delivery  # noqa: E402
-from navigator.ledger import SeedLedger  # noqa: E402
-from navigator.plan import Needle, Plan, PlannedSeed  # noqa: E402
+from navigator.delivery.run import Delivery  # noqa: E402
+from navigator.delivery.ledger import SeedLedger  # noqa: E402
+from navigator.core.plan import Needle, Plan, PlannedSeed  # noqa: E402
 from navigator.wiring import open_applicator  # noqa: E402
 
 REQUESTS_PER_SEED = 5.3  # STATUS, RETRACT, STATUS, ARM, RELEASE + per-needle SELECT/DOCK/UNDOCK

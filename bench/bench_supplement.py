@@ -1,7 +1,7 @@
 """Benchmark: the supplementary-seed proposal (issue #7: <= 2 s) on synthetic neck patients with an
 under-seeded region (a needle's seeds left out), plus the rest of the post-implant pipeline for context.
 
-Each case: a phantom patient, a pre-plan by ``navigator.planning.make_plan``, a post-implant CT of the moved
+Each case: a phantom patient, a pre-plan by ``navigator.planning.pipeline.make_plan``, a post-implant CT of the moved
 patient with one needle's seeds missing, then ``run_postimplant`` with the true registration (so the
 registration's own time, benchmarked in bench_registration.py, is left out). Reported: candidates, seeds
 proposed, D90/V100 before and predicted after, time of the proposal (greedy selection) and of the whole
@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from navigator import tg43  # noqa: E402
-from navigator.planning import make_plan  # noqa: E402
-from navigator.postimplant import PostimplantOptions, run_postimplant  # noqa: E402
-from navigator.registration import RegistrationResult  # noqa: E402
+from navigator.physics import tg43  # noqa: E402
+from navigator.planning.pipeline import make_plan  # noqa: E402
+from navigator.postimplant.pipeline import PostimplantOptions, run_postimplant  # noqa: E402
+from navigator.imaging.registration import RegistrationResult  # noqa: E402
 
 SK_U = tg43.sk_u_from(activity_mci=0.5)
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 import traceback
 
-from .errors import NavigatorError
+from navigator.errors import NavigatorError
 
 COMMANDS = {
     "rehearse": "a whole simulated procedure on a synthetic patient (the main job)",

@@ -1,4 +1,4 @@
-"""Composition root: turns a device URL into an ``navigator.applicator.Applicator``.
+"""Composition root: turns a device URL into an ``navigator.delivery.applicator.Applicator``.
 
 The only navigator module that imports ``device_drivers`` (and, for ``sgpsim://``, ``simulators``). It adapts
 the driver's value objects and exceptions to the navigator's, so clinical code never sees a serial type.
@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
-from .applicator import (Applicator, CounterMismatchError, DeviceEvent, DeviceInfo, DeviceRefusedError,
+from navigator.delivery.applicator import (Applicator, CounterMismatchError, DeviceEvent, DeviceInfo, DeviceRefusedError,
                          DeviceStatus, DeviceUnreachable, InterlockRefused, LinkLostError, Reconciliation,
                          ReconcileRequiredError, ReleaseRecord, ReleaseReport)
-from .errors import DeliveryError
+from navigator.errors import DeliveryError
 
 
 def open_applicator(url: str, traffic: Callable[[str, str], None] | None = None,
@@ -68,7 +68,7 @@ def _record(r) -> ReleaseRecord:
 
 
 class DriverApplicator:
-    """Adapter: ``device_drivers.SgpApplicator`` behind ``navigator.applicator.Applicator``."""
+    """Adapter: ``device_drivers.SgpApplicator`` behind ``navigator.delivery.applicator.Applicator``."""
 
     def __init__(self, driver):
         self.driver = driver

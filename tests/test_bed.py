@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from navigator import bed
+from navigator.physics import bed
 from navigator.errors import InputError
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from navigator import dose, tg43
+from navigator.physics import dose, tg43
 from navigator.cli import main
-from navigator.dicom_write import read_rtdose
+from navigator.io.dicom.write import read_rtdose
 from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
 STS = IBSI / "STS_001"

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from navigator import tg43
+from navigator.physics import tg43
 from navigator.cli import main
-from navigator.plan import Needle, Plan, PlannedSeed
+from navigator.core.plan import Needle, Plan, PlannedSeed
 from simulators.phantoms.cases import demo_implant, intraop_scan, make_patient
 from simulators.phantoms.motion import apply_4x4, random_rigid
 from simulators.phantoms.needles import NeedleErrorModel, draw_needles

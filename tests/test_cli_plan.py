@@ -10,10 +10,10 @@ import pydicom
 import pytest
 
 from navigator.cli import main
-from navigator.dicom_ct import load_ct_series
-from navigator.dicom_write import read_rtdose, write_rtstruct
-from navigator.plan import Plan
-from navigator.structures import read_structure_set, structure_mask
+from navigator.io.dicom.ct import load_ct_series
+from navigator.io.dicom.write import read_rtdose, write_rtstruct
+from navigator.core.plan import Plan
+from navigator.anatomy.structures import read_structure_set, structure_mask
 from conftest import IBSI, dciodvfy  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
 STS = str(IBSI)
@@ -76,7 +76,7 @@ def test_rt_objects_pass_dciodvfy(sts004, name, tmp_path):
 
 
 def test_rtplan_reads_back_into_the_same_plan(sts004):
-    from navigator.dicom_rt import read_rtplan
+    from navigator.io.dicom.rtplan import read_rtplan
 
     _, out = sts004
     plan = Plan.load(out / "plan.json")
@@ -106,8 +106,8 @@ def test_rtdose_and_rtstruct_read_back(sts004):
     assert ds.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == plan_uid
     assert ds.DoseUnits == "GY" and ds.FrameOfReferenceUID == d["frame_of_reference_uid"]
     # the plan's seeds reproduce the exported dose at a few points (independent reference evaluation)
-    from navigator import dose as dose_mod
-    from navigator import tg43
+    from navigator.physics import dose as dose_mod
+    from navigator.physics import tg43
 
     plan = Plan.load(out / "plan.json")
     rng = np.random.default_rng(2)
@@ -171,9 +171,9 @@ def test_bad_input_exit_2(bad_rs, tmp_path, capsys, extra, message):
 
 # --- a plan that misses a goal: exit 3, and the JSON is still written ------------------------------------
 def test_plan_missing_a_goal_exits_3_with_json(tmp_path, capsys):
-    from navigator.dicom_write import write_ct_series
-    from navigator.image import Volume
-    from navigator.structures import mask_to_contours
+    from navigator.io.dicom.write import write_ct_series
+    from navigator.core.volume import Volume
+    from navigator.anatomy.structures import mask_to_contours
 
     # a small synthetic patient (anisotropic voxels, non-zero origin): a 16 mm node 35 mm deep in a block of
     # tissue; seeds of 5 U are far too hot for 3 cc, so V150 <= 60 % cannot be met

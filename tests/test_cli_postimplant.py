@@ -11,12 +11,13 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 import simulators.phantoms as ph
-from navigator import dvh, targets, tg43
+from navigator.physics import dvh, tg43
+from navigator.anatomy import targets
 from navigator.cli import main
-from navigator.dose import dose_at_points, dose_on_grid
-from navigator.needle_planning import sample_nearest
-from navigator.plan import Needle, Plan, PlannedSeed
-from navigator.postimplant import dose_grid_over, resample_mask
+from navigator.physics.dose import dose_at_points, dose_on_grid
+from navigator.planning.needles import sample_nearest
+from navigator.core.plan import Needle, Plan, PlannedSeed
+from navigator.postimplant.pipeline import dose_grid_over, resample_mask
 
 MODEL = "6711"
 SK = tg43.sk_u_from(activity_mci=0.5)

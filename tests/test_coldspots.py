@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from navigator.coldspots import find_cold_spots
-from navigator.image import Volume
+from navigator.postimplant.coldspots import find_cold_spots
+from navigator.core.volume import Volume
 
 RX = 140.0
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from navigator.plan import Needle, Plan, PlannedSeed
+from navigator.core.plan import Needle, Plan, PlannedSeed
 
 KILLS = 50
 

@@ -1,4 +1,4 @@
-"""navigator.delivery / ledger / deliver command: exactly-once delivery against the simulated applicator."""
+"""navigator.delivery.run / ledger / deliver command: exactly-once delivery against the simulated applicator."""
 
 import ast
 import json
@@ -11,11 +11,11 @@ import pytest
 
 import simulators.applicator as sim
 from navigator.cli import main as cli_main
-from navigator.delivery import Delivery, delivery_tasks
+from navigator.delivery.run import Delivery, delivery_tasks
 from navigator.errors import PlanError
-from navigator.journal import Journal
-from navigator.ledger import SeedLedger
-from navigator.plan import Needle, Plan, PlannedSeed
+from navigator.session.journal import Journal
+from navigator.delivery.ledger import SeedLedger
+from navigator.core.plan import Needle, Plan, PlannedSeed
 from navigator.wiring import open_applicator
 from simulators.applicator import Faults, ManualClock, SimulatedApplicator
 
@@ -59,11 +59,11 @@ def assert_exactly_once(dev, result):
 
 
 def test_wiring_gives_an_applicator():
-    from navigator.applicator import Applicator
+    from navigator.delivery.applicator import Applicator
     app = open_applicator("sgpsim://")
     assert isinstance(app, Applicator)
-    import navigator.delivery as d
-    import navigator.applicator as a
+    import navigator.delivery.run as d
+    import navigator.delivery.applicator as a
     for module in (d, a):
         tree = ast.parse(open(module.__file__).read())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \

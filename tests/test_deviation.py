@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navigator import tg43
-from navigator.advice import HoleLocator, advise, direction_words
-from navigator.deviation import DoseImpact, d90_gy, minimal_rotation, needle_deviation
-from navigator.plan import Needle, Plan, PlannedSeed
-from navigator.template import GuideTemplate
+from navigator.physics import tg43
+from navigator.intraop.advice import HoleLocator, advise, direction_words
+from navigator.intraop.deviation import DoseImpact, d90_gy, minimal_rotation, needle_deviation
+from navigator.core.plan import Needle, Plan, PlannedSeed
+from navigator.core.template import GuideTemplate
 
 
 def _unit(v):

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from navigator import dose, tg43
+from navigator.physics import dose, tg43
 from navigator.errors import InputError
-from navigator.image import Volume
+from navigator.core.volume import Volume
 
 
 def _grid(shape_kji, spacing, origin, direction):

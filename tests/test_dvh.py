@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from navigator import dvh
+from navigator.physics import dvh
 from navigator.errors import InputError
-from navigator.image import Volume
+from navigator.core.volume import Volume
 
 R_MM = 10.0
 H_MM = 0.5  # voxel size

@@ -1,4 +1,4 @@
-"""navigator.journal: the hash-chained, append-only session journal."""
+"""navigator.session.journal: the hash-chained, append-only session journal."""
 
 import hashlib
 import json
@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from navigator.errors import JournalError
-from navigator.journal import GENESIS, Journal
+from navigator.session.journal import GENESIS, Journal
 
 
 def write_some(path, n=4):

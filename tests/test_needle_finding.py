@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from navigator.needle_finding import NeedleFindingSettings, find_needles
+from navigator.imaging.needle_finding import NeedleFindingSettings, find_needles
 from simulators.phantoms.cases import demo_implant, intraop_scan, make_patient
 from simulators.phantoms.motion import apply_4x4, random_rigid, rotation_matrix
 from simulators.phantoms.needles import NeedleErrorModel, draw_needles

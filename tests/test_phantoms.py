@@ -11,9 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from navigator.dicom_ct import load_ct_series
+from navigator.io.dicom.ct import load_ct_series
 from navigator.errors import InputError
-from navigator.structures import mask_volume_cc, read_structure_set, structure_mask
+from navigator.anatomy.structures import mask_volume_cc, read_structure_set, structure_mask
 from simulators import phantoms as ph
 from tests.conftest import REPO
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from navigator.image import Volume
+from navigator.core.volume import Volume
 from simulators.phantoms import (NEEDLE_18G_DIAMETER_MM, SEED_DIAMETER_MM, SEED_LENGTH_MM, NeedleErrorModel,
                                  ScannerModel, draw_needles, needle_occupancy, render_needles, render_seeds,
                                  seed_occupancy)

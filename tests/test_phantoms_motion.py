@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from navigator.image import Volume
+from navigator.core.volume import Volume
 from simulators.phantoms import anatomy, shapes
 from simulators.phantoms.motion import (Motion, apply_4x4, random_deformation, random_rigid, rigid_parameters,
                                         rotation_matrix)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from navigator.image import Volume
+from navigator.core.volume import Volume
 from simulators.phantoms import anatomy, shapes
 from simulators.phantoms.motion import Motion, random_deformation, random_rigid
 

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from navigator import dose as dose_mod
-from navigator import targets, tg43
+from navigator.physics import dose as dose_mod
+from navigator.anatomy import targets
+from navigator.physics import tg43
 from navigator.errors import InputError, SeedModelError, StructureError
-from navigator.image import Volume
-from navigator.planning import make_plan
-from navigator.seed_optimize import PointPenalties, influence_matrix, kernel_table, optimize_loading
+from navigator.core.volume import Volume
+from navigator.planning.pipeline import make_plan
+from navigator.planning.optimize import PointPenalties, influence_matrix, kernel_table, optimize_loading
 from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
 STS = str(IBSI)
@@ -29,8 +30,8 @@ def neck():
 
 @pytest.fixture(scope="module")
 def sts001():
-    from navigator.dicom_ct import load_ct_series
-    from navigator.structures import read_structure_set
+    from navigator.io.dicom.ct import load_ct_series
+    from navigator.anatomy.structures import read_structure_set
 
     ct = load_ct_series(f"{STS}/STS_001/ct")
     st = read_structure_set(f"{STS}/STS_001/RS.dcm", ct)
@@ -144,7 +145,7 @@ def _tiny_ct():
 
 
 def test_bad_inputs_raise_clear_errors():
-    from navigator.structures import Structure
+    from navigator.anatomy.structures import Structure
 
     ct = _tiny_ct()
     gtv = np.zeros(ct.array.shape, bool)

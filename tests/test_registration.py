@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from navigator.errors import InputError, RegistrationError
-from navigator.image import Volume
-from navigator.registration import (RegistrationResult, RegistrationSettings, build_registration_method,
+from navigator.core.volume import Volume
+from navigator.imaging.registration import (RegistrationResult, RegistrationSettings, build_registration_method,
                                     register_rigid)
 from simulators.phantoms.cases import demo_implant, intraop_scan, make_patient
 from simulators.phantoms.motion import apply_4x4, random_rigid, rigid_parameters

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from navigator.journal import Journal
+from navigator.session.journal import Journal
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 1          # the command's default --seed

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from navigator.image import Volume
-from navigator.render3d import render_implant_png
+from navigator.core.volume import Volume
+from navigator.report.render3d import render_implant_png
 
 
 def test_render_implant_png_draws_target_needles_and_seeds(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from navigator.errors import InputError
-from navigator.image import Volume
-from navigator.seed_finding import SeedFindingSettings, find_seeds
+from navigator.core.volume import Volume
+from navigator.imaging.seed_finding import SeedFindingSettings, find_seeds
 from simulators.phantoms import ScannerModel, render_seeds
 
 

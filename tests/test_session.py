@@ -5,8 +5,8 @@ import json
 import pytest
 
 from navigator.errors import JournalError
-from navigator.journal import Journal
-from navigator.session import Session, SessionStateError, State
+from navigator.session.journal import Journal
+from navigator.session.controller import Session, SessionStateError, State
 
 
 def _needles(*out):

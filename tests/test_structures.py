@@ -12,10 +12,10 @@ from matplotlib.path import Path as MplPath
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from navigator.dicom_ct import load_ct_series
+from navigator.io.dicom.ct import load_ct_series
 from navigator.errors import StructureError
-from navigator.image import Volume, grid_volume
-from navigator.structures import (
+from navigator.core.volume import Volume, grid_volume
+from navigator.anatomy.structures import (
     Structure,
     expand_margin,
     get_structure,

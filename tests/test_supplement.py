@@ -5,12 +5,12 @@ back to the prescription without taking the OAR past its limit."""
 import numpy as np
 import pytest
 
-from navigator import tg43
-from navigator.dose import dose_at_points
-from navigator.image import Volume
-from navigator.supplement import (NeedleField, SupplementSettings, ctv_lattice, freehand_candidates,
+from navigator.physics import tg43
+from navigator.physics.dose import dose_at_points
+from navigator.core.volume import Volume
+from navigator.postimplant.supplement import (NeedleField, SupplementSettings, ctv_lattice, freehand_candidates,
                                   propose_supplementary, template_candidates, tilted_directions)
-from navigator.template import GuideTemplate
+from navigator.core.template import GuideTemplate
 
 MODEL = tg43.load_seed_model("6711")
 SK = tg43.sk_u_from(activity_mci=0.5)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from navigator.errors import PlanError
-from navigator.template import GuideTemplate, hole_id, parse_hole
+from navigator.core.template import GuideTemplate, hole_id, parse_hole
 
 
 def _oblique_template(**kw):

@@ -1,7 +1,7 @@
 """TG-43U1 dose rate of one seed: the consensus tables of both models reproduced at their own points.
 
 Expected values are built here from the CSV files (read with the csv module) and the TG-43U1 formula written
-out independently of navigator.tg43's interpolation code: 6711 from AAPM TG-43U1 (Rivard et al., Med Phys
+out independently of navigator.physics.tg43's interpolation code: 6711 from AAPM TG-43U1 (Rivard et al., Med Phys
 31:633, 2004), IAI-125A from TG-43U1S1 (Rivard et al., Med Phys 34:2187, 2007).
 """
 
@@ -14,7 +14,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from navigator import tg43
+from navigator.physics import tg43
 from navigator.errors import SeedModelError
 
 MODELS = {"6711": ("6711", 0.965), "IAI-125A": ("IAI125A", 0.981)}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from navigator.errors import InputError
 
 
 def add_strength_options(parser, prefix: str = "--seed-") -> None:

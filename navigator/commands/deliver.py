@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..delivery import Delivery, delivery_tasks
-from ..errors import InputError
-from ..journal import Journal
-from ..ledger import SeedLedger
-from ..plan import Plan
-from ..wiring import open_applicator
-from ._common import Progress, emit, write_json
+from navigator.delivery.run import Delivery, delivery_tasks
+from navigator.errors import InputError
+from navigator.session.journal import Journal
+from navigator.delivery.ledger import SeedLedger
+from navigator.core.plan import Plan
+from navigator.wiring import open_applicator
+from navigator.commands._common import Progress, emit, write_json
 
 
 def add_arguments(parser) -> None:

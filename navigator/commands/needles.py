@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ClinicalCheckFailed, InputError, RegistrationError
-from ._common import Progress, add_output_options, emit, out_dir, write_json
+from navigator.errors import ClinicalCheckFailed, InputError, RegistrationError
+from navigator.commands._common import Progress, add_output_options, emit, out_dir, write_json
 
 
 def add_arguments(parser) -> None:
@@ -40,13 +40,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from .. import advice as advice_mod
-    from .. import deviation as dev_mod
-    from ..dicom_ct import load_ct_series
-    from ..needle_finding import NeedleFindingSettings, find_needles, planned_in_intraop
-    from ..plan import Plan
-    from ..registration import RegistrationResult, check_same_patient, register_rigid
-    from .register import target_region
+    from navigator.intraop import advice as advice_mod
+    from navigator.intraop import deviation as dev_mod
+    from navigator.io.dicom.ct import load_ct_series
+    from navigator.imaging.needle_finding import NeedleFindingSettings, find_needles, planned_in_intraop
+    from navigator.core.plan import Plan
+    from navigator.imaging.registration import RegistrationResult, check_same_patient, register_rigid
+    from navigator.commands.register import target_region
 
     if not args.tolerance_mm > 0:
         raise InputError(f"--tolerance-mm {args.tolerance_mm}: the tolerance must be > 0 mm (usually 2)")
@@ -170,11 +170,11 @@ def _check_covers(ct, point_mm, ct_dir, margin_mm: float = 0.0) -> None:
 
 def _ctv_points(args, plan, pre):
     """Equal-volume CTV sample points (pre-plan LPS) for the D90, and where they came from."""
-    from ..image import grid_volume
+    from navigator.core.volume import grid_volume
 
     rs = Path(args.structures) if args.structures else Path(args.plan).resolve().parent / "RTSTRUCT.dcm"
     if rs.exists():
-        from ..structures import read_structure_set, structure_mask
+        from navigator.anatomy.structures import read_structure_set, structure_mask
 
         structs = read_structure_set(rs)
         if args.ctv in structs:
@@ -190,8 +190,8 @@ def _ctv_points(args, plan, pre):
     # stand-in: the prescription isodose of the planned seeds
     if not plan.seeds:
         return None, "none (the plan has no seeds)"
-    from .. import tg43
-    from ..dose import dose_at_points
+    from navigator.physics import tg43
+    from navigator.physics.dose import dose_at_points
 
     seeds = plan.seed_positions_mm()
     grid = grid_volume(seeds.min(0) - 10.0, seeds.max(0) + 10.0, 2.0)
@@ -204,8 +204,8 @@ def _ctv_points(args, plan, pre):
 def _impact(plan, ctv_pts):
     if ctv_pts is None or len(ctv_pts) == 0 or not plan.seeds:
         return None
-    from .. import tg43
-    from ..deviation import DoseImpact
+    from navigator.physics import tg43
+    from navigator.intraop.deviation import DoseImpact
 
     model = tg43.load_seed_model(plan.seed_model)
     if len(ctv_pts) > 6000:  # an even subsample keeps the D90 to ~0.1 Gy and the time to a second

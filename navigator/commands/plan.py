@@ -1,6 +1,6 @@
 """``navigator plan``: pre-plan a seed implant (cli-contract.md).
 
-Reads the CT series and its RT Structure Set, plans CTV, needles and seeds (``navigator.planning``) and
+Reads the CT series and its RT Structure Set, plans CTV, needles and seeds (``navigator.planning.pipeline``) and
 writes ``plan.json``, ``RTPLAN.dcm``, ``RTSTRUCT.dcm`` (target, CTV, OARs, needle tracks), ``RTDOSE.dcm``
 (total dose of the plan) and ``plan.html``. Exit 0 when every clinical goal is met, 3 when the plan was
 written but misses one (named on stderr), 2 on bad input.
@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from ..errors import InputError
-from ._common import Progress, add_output_options, add_strength_options, emit, out_dir, write_json
+from navigator.errors import InputError
+from navigator.commands._common import Progress, add_output_options, add_strength_options, emit, out_dir, write_json
 
 
 def add_arguments(p) -> None:
@@ -36,10 +36,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .. import tg43
-    from ..dicom_ct import load_ct_series
-    from ..planning import PlanOptions, make_plan
-    from ..structures import read_structure_set
+    from navigator.physics import tg43
+    from navigator.io.dicom.ct import load_ct_series
+    from navigator.planning.pipeline import PlanOptions, make_plan
+    from navigator.anatomy.structures import read_structure_set
 
     prog = Progress()
     t0 = time.perf_counter()
@@ -109,8 +109,8 @@ def _describe(c: dict) -> str:
 
 def write_outputs(out, res, ct, structures) -> dict:
     """RTSTRUCT (target, CTV, OARs, needle tracks), RTPLAN (referencing it), RTDOSE (referencing the plan)."""
-    from ..dicom_write import PatientInfo, write_rtdose, write_rtplan, write_rtstruct
-    from ..structures import mask_to_contours
+    from navigator.io.dicom.write import PatientInfo, write_rtdose, write_rtplan, write_rtstruct
+    from navigator.anatomy.structures import mask_to_contours
 
     plan = res.plan
     patient = PatientInfo.from_volume(ct)
@@ -155,8 +155,8 @@ def write_outputs(out, res, ct, structures) -> dict:
 
 def plan_html(res, ct) -> str:
     """plan.html: metrics, checks, DVH, isodose lines (50/100/150/200 %) on axial slices, needles and seeds."""
-    from .. import html_report as H
-    from .. import report_plots as R
+    from navigator.report import html as H
+    from navigator.report import plots as R
 
     plan = res.plan
     m = plan.metrics

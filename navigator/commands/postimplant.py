@@ -2,7 +2,7 @@
 [--structures RS.dcm] [--delivery delivery.json] [--cold-spot-min-cc V] [--slice-profile box|gaussian]``
 
 Finds the seeds in the post-implant CT, computes the delivered dose (TG-43 from the found seeds and their
-axes), the metrics and cold spots, and proposes supplementary seeds (``navigator.postimplant``).
+axes), the metrics and cold spots, and proposes supplementary seeds (``navigator.postimplant.pipeline``).
 
 The pre-plan structures: ``--structures RS.dcm``, else ``RTSTRUCT.dcm`` beside plan.json (``navigator plan``
 writes it, with the CTV), else ``RS.dcm`` beside the pre-plan CT folder (a phantom case's layout). The
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ._common import Progress, add_output_options, emit, out_dir, write_json
+from navigator.errors import InputError
+from navigator.commands._common import Progress, add_output_options, emit, out_dir, write_json
 
 
 def add_arguments(parser) -> None:
@@ -69,12 +69,12 @@ def _expected(args, plan) -> int | None:
 
 
 def run(args) -> int:
-    from ..dicom_ct import load_ct_series
-    from ..dicom_write import write_rtdose
-    from ..plan import Plan
-    from ..postimplant import PostimplantOptions, run_postimplant
-    from ..seed_finding import SeedFindingSettings
-    from ..structures import read_structure_set
+    from navigator.io.dicom.ct import load_ct_series
+    from navigator.io.dicom.write import write_rtdose
+    from navigator.core.plan import Plan
+    from navigator.postimplant.pipeline import PostimplantOptions, run_postimplant
+    from navigator.imaging.seed_finding import SeedFindingSettings
+    from navigator.anatomy.structures import read_structure_set
 
     if not args.cold_spot_min_cc >= 0:
         raise InputError(f"--cold-spot-min-cc {args.cold_spot_min_cc} cc must be >= 0")
@@ -128,7 +128,7 @@ def render_html(res, post_ct, plan) -> str:
     import matplotlib.pyplot as plt
     from scipy import ndimage
 
-    from .. import dvh
+    from navigator.physics import dvh
 
     r = res.result
     rx = r["prescription_gy"]

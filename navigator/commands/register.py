@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError, RegistrationError
-from ._common import Progress, add_output_options, emit, out_dir, write_json
+from navigator.errors import InputError, RegistrationError
+from navigator.commands._common import Progress, add_output_options, emit, out_dir, write_json
 
 
 def add_arguments(parser) -> None:
@@ -47,9 +47,9 @@ def parse_xyz(text: str, option: str) -> np.ndarray:
 
 
 def run(args) -> int:
-    from ..dicom_ct import load_ct_series
-    from ..plan import Plan
-    from ..registration import register_rigid
+    from navigator.io.dicom.ct import load_ct_series
+    from navigator.core.plan import Plan
+    from navigator.imaging.registration import register_rigid
 
     prog = Progress(enabled=not args.json)
     out = out_dir(args)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
-from ._common import Progress, emit, write_json
+from navigator.errors import InputError
+from navigator.commands._common import Progress, emit, write_json
 
 
 def add_arguments(parser) -> None:
@@ -32,8 +32,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from simulators.phantoms import list_cases
 
-    from ..rehearsal import Rehearsal, RehearsalOptions
-    from ..rehearsal_report import write_report
+    from navigator.rehearsal.driver import Rehearsal, RehearsalOptions
+    from navigator.rehearsal.report import write_report
 
     if args.case not in list_cases():
         raise InputError(f"--case {args.case!r}: no such phantom case; choose one of {', '.join(list_cases())}")

@@ -12,8 +12,8 @@ import sys
 
 import numpy as np
 
-from .. import tg43
-from ..errors import InputError
+from navigator.physics import tg43
+from navigator.errors import InputError
 
 
 def add_arguments(parser) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from navigator.errors import InputError
-from navigator.image import Volume
+from navigator.core.volume import Volume
 
 from . import anatomy as A
 from .motion import Motion
@@ -69,7 +69,7 @@ def list_cases() -> list[str]:
 
 
 def _uid(*parts) -> str:
-    from navigator.dicom_write import new_uid
+    from navigator.io.dicom.write import new_uid
 
     return new_uid("simulators.phantoms/" + "/".join(str(p) for p in parts))
 
@@ -127,7 +127,7 @@ class Patient:
 
     def contours(self, name: str) -> list[np.ndarray]:
         """Axial polygons (N, 3) LPS mm of a structure's mask, as written to the RT Structure Set."""
-        from navigator.structures import mask_to_contours
+        from navigator.anatomy.structures import mask_to_contours
 
         return mask_to_contours(self.structures[name], self.ct)
 

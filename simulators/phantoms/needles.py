@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from navigator.image import Volume
+from navigator.core.volume import Volume
 
 from . import _kernels as K
 from .motion import rotation_matrix

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, signal
 
-from navigator.image import Volume
+from navigator.core.volume import Volume
 
 from . import _kernels as K
 

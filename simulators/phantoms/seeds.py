@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from navigator.image import Volume
+from navigator.core.volume import Volume
 
 from . import _kernels as K
 from .needles import _nsub

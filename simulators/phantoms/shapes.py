@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from navigator.image import Volume
+from navigator.core.volume import Volume
 
 from . import _kernels as K
 from .motion import Motion

@@ -1,0 +1,663 @@
+"""Find the implanted I-125 seeds in a post-implant CT: each seed's centre and long axis (LPS mm).
+
+Method (each step says why):
+
+1. Threshold metal (``threshold_hu``) and label connected components (26-connectivity). A seed's
+   titanium capsule and silver rod are far brighter than bone after any realistic blur.
+2. Per component, an integration window (the component dilated by ~1.5 mm, never reaching into another
+   component) and its local background. The *excess intensity integral* ``sum((HU - background) * dV)`` is
+   preserved by the scanner blur and the slice profile, so it counts seeds even when they are smeared over
+   two slices or fused into one blob.
+3. The integral of one seed is calibrated in the same scan (robust median of the isolated components); the
+   count per component is the rounded ratio. The expected count (delivery ledger or plan) only settles the
+   ambiguous components (ratio near x.5), and a gross mismatch becomes a warning.
+4. A component with more than one seed is split by a shape-constrained Gaussian mixture (EM): every
+   mixture member has the covariance of one blurred 4.5 x 0.8 mm seed around its own axis, so two seeds side
+   by side are not cut across their length as plain k-means would do. Several initialisations (along the
+   blob's principal axis, across it, at the mapped planned positions) compete by likelihood.
+5. Centre: the excess-weighted centroid of the seed's voxels (responsibility-weighted in a cluster). With
+   thick slices (>= 2 mm) the z centre comes from fitting the known slice-sensitivity profile to the
+   seed's per-slice sums, because the centroid of two or three samples of a 5 mm profile is biased.
+6. Axis: principal direction of the weighted covariance. With thick slices the z extent is dominated by
+   the slice profile, so the axis comes from the in-plane elongation (its tilt out of plane from how much
+   shorter than 4.5 mm the seed looks in plane). A seed that lies mostly along z has no reliable in-plane
+   direction: it takes the axis of the nearest planned needle (``axis_source == "needle"``) and says so.
+
+Limits (measured by bench/bench_seed_finding.py): with a box slice profile a seed lying inside one slice
+images the same wherever it sits in that slice, so z is known only to +-(T - seed z extent)/2 (0.85 mm for
+in-plane seeds in 2.5 mm slices, 2.1 mm in 5 mm slices); the 0.5 mm centre goal holds in 3D for slices up to
+~1.8 mm and in plane for any thickness. Clusters lying across 5 mm slices are the weakest case.
+
+All analysis runs in "image mm" (voxel index times spacing, index axes i, j, k); results are converted to
+LPS once, at the end. Migration: a found seed more than ``migration_mm`` from every planned position.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+from scipy.special import erf
+
+from navigator.errors import InputError
+from navigator.core.volume import Volume
+
+SEED_LENGTH_MM = 4.5
+SEED_DIAMETER_MM = 0.8
+
+
+@dataclass(frozen=True)
+class SeedFindingSettings:
+    """Every knob of the seed finder, named with its unit."""
+
+    threshold_hu: float = 700.0           # a seed blob must reach this (a 5 mm slice dims an in-plane seed to ~1000 HU)
+    low_threshold_hu: float = 500.0       # ...and extends down to this (hysteresis: keeps smeared 5 mm seeds whole)
+    split_fraction: float = 0.5           # a blob splits into cores above this fraction of each core's own peak
+    seed_length_mm: float = SEED_LENGTH_MM
+    seed_diameter_mm: float = SEED_DIAMETER_MM
+    window_mm: float = 1.5                # integration window: component dilated by this much
+    scanner_blur_sigma_mm: float = 0.35   # in-plane point-spread sigma besides the voxel size
+    slice_profile: str = "box"            # "box" (whole slice averaged, as our phantoms) or "gaussian" (FWHM = thickness)
+    min_fraction_of_seed: float = 0.4     # a blob with less than this fraction of one seed's integral is noise
+    max_seeds_per_blob: int = 12          # more than this in one blob: not seeds (bone, a clip, a wire)
+    min_seed_integral_hu_mm3: float = 5000.0   # a 2.3 mm3 metal seed carries more excess HU x volume than this
+    thick_slice_mm: float = 2.0           # slices at least this thick use the slice-profile z fit
+    z_fit_reach_slices: float = 0.6       # the z fit moves a centre at most this many slices from its centroid
+    z_fit_overlap_fraction: float = 0.05  # a neighbour with this share of a seed's footprint signal is fitted jointly
+    migration_mm: float = 10.0            # found seed this far from every planned position: migrated
+    em_iterations: int = 40
+
+
+@dataclass
+class FoundSeed:
+    """One seed: centre and unit long axis in LPS mm of the post-implant CT (axis sign arbitrary)."""
+
+    position_mm: np.ndarray
+    axis: np.ndarray
+    axis_source: str          # "image" (from the seed's own shape) or "needle" (nearest planned needle)
+    blob: int                 # index of the connected component it came from
+    blob_seeds: int           # how many seeds that component held
+    nearest_planned_mm: float | None = None
+
+    def to_dict(self) -> dict:
+        d = {"position_mm": [round(float(v), 3) for v in self.position_mm],
+             "axis": [round(float(v), 4) for v in self.axis],
+             "axis_source": self.axis_source, "blob": int(self.blob), "blob_seeds": int(self.blob_seeds)}
+        if self.nearest_planned_mm is not None:
+            d["nearest_planned_mm"] = round(float(self.nearest_planned_mm), 2)
+        return d
+
+
+@dataclass
+class SeedFindingResult:
+    seeds: list[FoundSeed]
+    expected: int | None
+    blobs: int
+    seed_integral_hu_cc: float          # calibrated excess-intensity integral of one seed
+    warnings: list[str] = field(default_factory=list)
+    migrated: list[dict] = field(default_factory=list)
+    missing: int | None = None
+    unmatched_planned: list[int] = field(default_factory=list)   # indices of planned seeds with no seed near
+    seconds: float = 0.0
+
+    @property
+    def positions_mm(self) -> np.ndarray:
+        return np.array([s.position_mm for s in self.seeds], dtype=float).reshape(-1, 3)
+
+    @property
+    def axes(self) -> np.ndarray:
+        return np.array([s.axis for s in self.seeds], dtype=float).reshape(-1, 3)
+
+
+# --------------------------------------------------------------------------------------------------------
+def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned_axes=None,
+               settings: SeedFindingSettings = SeedFindingSettings(), roi_mask: np.ndarray | None = None
+               ) -> SeedFindingResult:
+    """Find the seeds in ``ct`` (HU). ``planned_mm``/``planned_axes`` (N, 3): the planned seeds mapped into
+    this CT's LPS frame (a prior for splitting clusters, the fallback axis, migration). ``roi_mask``
+    (array-shaped bool): search only there (e.g. the body). Raises InputError when no seed is found."""
+    t0 = time.perf_counter()
+    s = settings
+    arr = ct.array
+    spacing = np.asarray(ct.spacing_mm, dtype=float)            # (si, sj, sk)
+    thickness = float(ct.meta.get("slice_thickness_mm") or spacing[2])
+    thick = spacing[2] >= s.thick_slice_mm or thickness >= s.thick_slice_mm
+    psf_var = _psf_var(spacing, thickness, s)                   # image-mm axes (i, j, k)
+
+    planned_img = None
+    if planned_mm is not None and len(planned_mm):
+        planned_img = ct.lps_to_ijk(np.asarray(planned_mm, float).reshape(-1, 3)) * spacing
+        planned_axes_img = None
+        if planned_axes is not None:
+            planned_axes_img = np.asarray(planned_axes, float).reshape(-1, 3) @ ct.direction
+    else:
+        planned_axes_img = None
+
+    mask = arr > s.low_threshold_hu
+    if roi_mask is not None:
+        mask &= roi_mask
+    labels, n_low = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    # hysteresis: keep the low-threshold components that hold at least one voxel above the seed threshold
+    strong = np.unique(labels[(arr > s.threshold_hu) & mask])
+    strong = strong[strong > 0]
+    if len(strong) < n_low:
+        remap = np.zeros(n_low + 1, dtype=labels.dtype)
+        remap[strong] = np.arange(1, len(strong) + 1, dtype=labels.dtype)
+        labels = remap[labels]
+    n_blobs = len(strong)
+    if n_blobs == 0:
+        raise InputError(
+            f"post-implant CT {ct.series_uid or ''}: no voxel above {s.threshold_hu:.0f} HU "
+            f"(maximum {float(arr.max()):.0f} HU), so no seed can be found; check that this is the "
+            "post-implant scan (not the pre-plan CT) and that its HU scale is right")
+    objects = ndimage.find_objects(labels)
+    blobs = [b for lab, sl in enumerate(objects) for b in _measure_blob(arr, labels, lab + 1, sl, spacing, psf_var, s)]
+
+    unit = _calibrate_unit([b["integral"] for b in blobs], expected)
+    if unit < s.min_seed_integral_hu_mm3:
+        raise InputError(
+            f"post-implant CT: the {len(blobs)} bright object(s) above {s.threshold_hu:.0f} HU are too faint for "
+            f"I-125 seeds (typical excess {unit / 1000:.1f} HU.cc per object, a seed carries more than "
+            f"{s.min_seed_integral_hu_mm3 / 1000:.0f}); no seed found: check that this is the post-implant scan")
+    warnings: list[str] = []
+    for b in blobs:
+        b["ratio"] = b["integral"] / unit
+    blobs = _merge_fragments(blobs, unit, s)
+    keep = [b for b in blobs if b["ratio"] >= s.min_fraction_of_seed]
+    too_big = [b for b in keep if b["ratio"] > s.max_seeds_per_blob + 0.5]
+    seed_peak = float(np.median([b["peak_hu"] for b in keep if b not in too_big] or [np.inf]))
+    for b in too_big:
+        if b["peak_hu"] < 0.8 * seed_peak:     # dimmer than the seeds: bone, not worth a warning
+            continue
+        c = ct.ijk_to_lps(b["centroid_img"] / spacing)
+        warnings.append(
+            f"a bright object of {b['volume_mm3']:.0f} mm3 ({b['ratio']:.0f} seeds' worth of metal) at LPS "
+            f"({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm is not counted as seeds (bone, a clip or a wire?); "
+            "check it on the images")
+    keep = [b for b in keep if b not in too_big]
+    if not keep:
+        raise InputError(
+            f"post-implant CT: {n_blobs} bright object(s) above {s.threshold_hu:.0f} HU but none looks like an "
+            "I-125 seed (4.5 x 0.8 mm); check that this is the post-implant scan")
+    for b in keep:
+        b["n"] = max(1, int(round(b["ratio"])))
+    _settle_counts(keep, expected)
+
+    seeds: list[FoundSeed] = []
+    recs = []
+    for bi, b in enumerate(keep):
+        for c_img, cov, _ in _split_blob(b, planned_img, psf_var, s):
+            recs.append({"c": c_img.copy(), "cov": cov, "b": b, "bi": bi})
+    recs = _resplit_parents(recs, psf_var, s)
+    ab = _elongation_scale(recs, thick, s)
+    for r in recs:
+        r["axis"], r["reliable"] = _axis_from_cov(r["cov"], psf_var, thick, s, ab)
+    if thick:
+        _refine_z_thick(recs, spacing[2], thickness, s)
+    for r in recs:
+        seeds.append(_make_seed(r, ct, spacing, thick, planned_img, planned_axes_img))
+
+    n_found = len(seeds)
+    n_needle = sum(sd.axis_source == "needle" for sd in seeds)
+    n_blind = sum(sd.axis_source == "image-z" for sd in seeds)
+    if n_needle:
+        warnings.append(f"{n_needle} seed(s) lie mostly along the {spacing[2]:g} mm slices, where their image gives "
+                        "no reliable axis: they take the axis of the nearest planned needle (axis_source 'needle')")
+    if n_blind:
+        warnings.append(f"{n_blind} seed(s) lie mostly along the {spacing[2]:g} mm slices and no plan was given: "
+                        "their axis is the slice direction (axis_source 'image-z'), a guess")
+    if expected is not None and expected > 0:
+        if n_found > 1.5 * expected + 3:
+            warnings.append(
+                f"found {n_found} seeds but {expected} were expected ({len(keep)} bright blobs): far more "
+                "than delivered; another patient's scan, metal clips or a wrong threshold? "
+                "Review the seed list before trusting the dose")
+        elif n_found != expected:
+            warnings.append(f"found {n_found} seeds, expected {expected} "
+                            f"({'fewer' if n_found < expected else 'more'}: "
+                            f"{abs(n_found - expected)}); see 'missing' and 'migrated'")
+    result = SeedFindingResult(seeds=seeds, expected=expected, blobs=len(keep), seed_integral_hu_cc=unit / 1000.0,
+                               warnings=warnings)
+    if planned_mm is not None and len(planned_mm):
+        _migration(result, np.asarray(planned_mm, float).reshape(-1, 3), s)
+    if expected is not None:
+        result.missing = max(0, int(expected) - n_found)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# --- per-blob measurement -------------------------------------------------------------------------------
+def _psf_var(spacing, thickness, s: SeedFindingSettings) -> np.ndarray:
+    """Variance (mm^2) the scanner adds along i, j, k: voxel box + scanner blur in plane; slice profile in z."""
+    inplane = spacing[:2] ** 2 / 12.0 + s.scanner_blur_sigma_mm ** 2
+    if s.slice_profile == "box":
+        z = thickness ** 2 / 12.0
+    else:
+        z = (thickness / 2.3548) ** 2
+    z = max(z, spacing[2] ** 2 / 12.0) + s.scanner_blur_sigma_mm ** 2
+    return np.array([inplane[0], inplane[1], z])
+
+
+def _measure_blob(arr, labels, lab, sl, spacing, psf_var, s: SeedFindingSettings) -> list[dict]:
+    """Split one low-threshold component into sub-blobs (cores above ``split_fraction`` of their own peak,
+    so a chain of seeds with faint gaps falls apart) and measure each: voxels, excess weights, integral."""
+    # window: the seed's blur tails (2.5 sigma of the point spread / slice profile) beyond the thresholded core
+    reach_mm = s.window_mm + 2.5 * np.sqrt(psf_var[::-1]) - 2.5 * s.scanner_blur_sigma_mm
+    r_vox = np.maximum(1, np.round(reach_mm / spacing[::-1]).astype(int))   # (k, j, i) radii in voxels
+    pad = r_vox + 2
+    lo = [max(0, x.start - p) for x, p in zip(sl, pad)]
+    hi = [min(n, x.stop + p) for x, p, n in zip(sl, pad, arr.shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub = arr[box].astype(np.float32)
+    lab_sub = labels[box]
+    core = lab_sub == lab
+    kk, jj, ii = np.ogrid[-r_vox[0]:r_vox[0] + 1, -r_vox[1]:r_vox[1] + 1, -r_vox[2]:r_vox[2] + 1]
+    ell = (kk / r_vox[0]) ** 2 + (jj / r_vox[1]) ** 2 + (ii / r_vox[2]) ** 2 <= 1.0 + 1e-9
+    win = ndimage.binary_dilation(core, structure=ell)
+    other = (lab_sub > 0) & ~core
+    win &= ~ndimage.binary_dilation(other, structure=ell) | core
+    shell = ndimage.binary_dilation(win, iterations=1) & ~win & ~other
+    bg = float(np.median(sub[shell])) if shell.any() else 0.0
+    bg = min(bg, 0.5 * s.low_threshold_hu)       # a shell touching other metal must not raise the background
+    cores, m = _subcores(sub, core, s.split_fraction)
+    if m > 1:   # every window voxel belongs to the nearest core (distances in mm: anisotropic voxels)
+        _, idx = ndimage.distance_transform_edt(cores == 0, sampling=spacing[::-1], return_indices=True)
+        owner = cores[tuple(idx)]
+    else:
+        owner = np.ones(sub.shape, dtype=np.int32)
+    voxel_mm3 = float(np.prod(spacing))
+    # the whole component's window, kept for the z fit (the nearest-core split is poor across thick slices)
+    k, j, i = np.nonzero(win)
+    parent = (np.stack([(i + lo[2]) * spacing[0], (j + lo[1]) * spacing[1], (k + lo[0]) * spacing[2]], axis=1),
+              np.clip(sub[k, j, i] - bg, 0.0, None))
+    out = []
+    for c in range(1, m + 1):
+        winc = win & (owner == c)
+        k, j, i = np.nonzero(winc)
+        exc = sub[k, j, i] - bg
+        ww = np.clip(exc, 0.0, None)
+        pts = np.stack([(i + lo[2]) * spacing[0], (j + lo[1]) * spacing[1], (k + lo[0]) * spacing[2]], axis=1)
+        tot = float(ww.sum())
+        centroid = (pts * ww[:, None]).sum(0) / tot if tot > 0 else pts.mean(0)
+        corec = core & (owner == c)
+        out.append({"label": lab, "parent": parent, "pts": pts, "w": ww, "integral": float(exc.sum()) * voxel_mm3,
+                    "centroid_img": centroid, "volume_mm3": float(corec.sum()) * voxel_mm3,
+                    "peak_hu": float(sub[corec].max()) if corec.any() else float(sub[winc].max()), "bg_hu": bg})
+    return out
+
+
+def _subcores(sub, core, fraction, passes: int = 2):
+    """Cores of a component: parts above ``fraction`` of the peak, split again at ``fraction`` of each part's
+    own peak (a dim seed touching a bright one keeps its own core)."""
+    cores, m = ndimage.label(core & (sub > fraction * float(sub[core].max())), structure=np.ones((3, 3, 3), bool))
+    for _ in range(passes - 1):
+        new = np.zeros_like(cores)
+        n_new = 0
+        for c, sl in enumerate(ndimage.find_objects(cores), start=1):
+            part = cores[sl] == c
+            peak = float(sub[sl][part].max())
+            lab2, m2 = ndimage.label(part & (sub[sl] > fraction * peak), structure=np.ones((3, 3, 3), bool))
+            if m2 <= 1:
+                n_new += 1
+                new[sl][part] = n_new
+            else:
+                # voxels of the part below the re-threshold go to the nearest sub-core
+                _, idx = ndimage.distance_transform_edt(lab2 == 0, return_indices=True)
+                near = lab2[tuple(idx)]
+                for q in range(1, m2 + 1):
+                    new[sl][part & (near == q)] = n_new + q
+                n_new += m2
+        if n_new == m:
+            break
+        cores, m = new, n_new
+    return cores, m
+
+
+def _calibrate_unit(integrals, expected) -> float:
+    """Excess integral (HU mm^3) of one seed: median of the blobs near the overall median (isolated seeds
+    are the commonest blob); when the expected count says most blobs hold several seeds, total / expected."""
+    x = np.asarray(integrals, float)
+    x = x[x > 0]
+    med = float(np.median(x))
+    x = x[x >= 0.3 * med]
+    unit = float(np.median(x))
+    singles = x[(x > 0.7 * unit) & (x < 1.3 * unit)]
+    if len(singles) >= 3:
+        unit = float(np.median(singles))
+    if expected:
+        unit_expected = float(x.sum()) / float(expected)
+        # too few isolated seeds, or the "singles" were mostly fused pairs/chains: trust the delivered count
+        if len(singles) < 3 or unit > 1.4 * unit_expected:
+            unit = unit_expected
+    return unit
+
+
+def _merge_fragments(blobs, unit, s) -> list[dict]:
+    """Re-join parts of one seed that the core split cut apart (a tilted seed crossing two thin slices dips
+    to about half its peak between them): merge siblings when the sum is closer to whole seeds."""
+    def err(r):
+        return abs(r - round(r)) if r >= s.min_fraction_of_seed else r
+    by_parent: dict[int, list[dict]] = {}
+    for b in blobs:
+        by_parent.setdefault(b["label"], []).append(b)
+    out = []
+    for group in by_parent.values():
+        changed = len(group) > 1
+        while changed:
+            changed = False
+            best = None
+            for a in range(len(group)):
+                for c in range(a + 1, len(group)):
+                    A, C = group[a], group[c]
+                    if np.linalg.norm(A["centroid_img"] - C["centroid_img"]) > s.seed_length_mm + 1.5:
+                        continue
+                    if min(A["ratio"], C["ratio"]) > 0.55:   # both look like whole (dim) seeds
+                        continue
+                    gain = err(A["ratio"]) + err(C["ratio"]) - err(A["ratio"] + C["ratio"])
+                    if gain > 0.15 and (best is None or gain > best[0]):
+                        best = (gain, a, c)
+            if best is not None:
+                _, a, c = best
+                A, C = group[a], group[c]
+                w = np.concatenate([A["w"], C["w"]])
+                pts = np.concatenate([A["pts"], C["pts"]])
+                merged = dict(A, pts=pts, w=w, integral=A["integral"] + C["integral"],
+                              ratio=A["ratio"] + C["ratio"], volume_mm3=A["volume_mm3"] + C["volume_mm3"],
+                              peak_hu=max(A["peak_hu"], C["peak_hu"]),
+                              centroid_img=(pts * w[:, None]).sum(0) / max(float(w.sum()), 1e-12))
+                group = [g for q, g in enumerate(group) if q not in (a, c)] + [merged]
+                changed = True
+        out.extend(group)
+    return out
+
+
+def _settle_counts(blobs, expected) -> None:
+    """Use the expected count only to settle ambiguous blobs (ratio within 0.25..0.75 of an integer)."""
+    if not expected:
+        return
+    total = sum(b["n"] for b in blobs)
+    if total < expected:
+        cands = sorted((b for b in blobs if b["ratio"] - b["n"] > 0.2), key=lambda b: b["n"] - b["ratio"])
+        for b in cands[: expected - total]:
+            b["n"] += 1
+    elif total > expected:
+        cands = sorted((b for b in blobs if b["n"] - b["ratio"] > 0.2 and b["n"] >= 2),
+                       key=lambda b: b["ratio"] - b["n"])
+        for b in cands[: total - expected]:
+            b["n"] -= 1
+
+
+# --- cluster splitting ----------------------------------------------------------------------------------
+def _weighted_cov(pts, w, c):
+    d = pts - c
+    return (d * w[:, None]).T @ d / max(float(w.sum()), 1e-12)
+
+
+def _split_blob(b, planned_img, psf_var, s):
+    """Yield (centre_img, covariance, per-voxel weights) for each of the blob's ``n`` seeds."""
+    pts, w, n = b["pts"], b["w"], b["n"]
+    c0 = b["centroid_img"]
+    cov0 = _weighted_cov(pts, w, c0)
+    if n == 1:
+        yield c0, cov0, w
+        return
+    evals, evecs = np.linalg.eigh(cov0)
+    inits = []
+    for e in (evecs[:, 2], evecs[:, 1]):
+        proj = (pts - c0) @ e
+        # seeds spread evenly along this direction over the blob's weighted extent
+        lo_, hi_ = np.percentile(proj, [10, 90]) if len(proj) > 3 else (proj.min(), proj.max())
+        offs = np.linspace(lo_, hi_, n) if n > 1 else np.zeros(1)
+        inits.append(c0 + offs[:, None] * e[None, :])
+    # farthest-point picks among the bright voxels: one per seed when the seeds lie in different directions
+    bright = pts[w >= 0.5 * w.max()]
+    picks = [bright[int(np.argmax(w[w >= 0.5 * w.max()]))]]
+    for _ in range(n - 1):
+        dmin = np.min([np.linalg.norm(bright - q, axis=1) for q in picks], axis=0)
+        picks.append(bright[int(np.argmax(dmin))])
+    inits.append(np.array(picks))
+    if planned_img is not None:
+        d = np.linalg.norm(planned_img - c0, axis=1)
+        near = np.argsort(d)[:n]
+        if len(near) == n and d[near].max() < 15.0:
+            inits.append(planned_img[near].copy())
+    best = None
+    for init in inits:
+        res = _em(pts, w, init, evecs[:, 2], psf_var, s)
+        if best is None or res[0] > best[0]:
+            best = res
+    # incremental: add one member at a time where the bright voxels are worst explained
+    bright_mask = w >= 0.5 * w.max()
+    centres = c0[None, :].copy()
+    for k in range(2, n + 1):
+        _, centres, _ = _em(pts, w, centres, evecs[:, 2], psf_var, s)
+        d2 = ((pts[bright_mask][:, None, :] - centres[None, :, :]) ** 2).sum(2).min(1)
+        centres = np.vstack([centres, pts[bright_mask][int(np.argmax(d2 * w[bright_mask]))]])
+    res = _em(pts, w, centres, evecs[:, 2], psf_var, s)
+    if res[0] > best[0]:
+        best = res
+    _, centres, resp = best
+    for m in range(n):
+        wm = w * resp[:, m]
+        c = (pts * wm[:, None]).sum(0) / max(wm.sum(), 1e-12)
+        yield c, _weighted_cov(pts, wm, c), wm
+
+
+def _resplit_parents(recs, psf_var, s) -> list[dict]:
+    """Where a component was cut into several cores, re-partition its whole window among all its seeds with
+    the shape-constrained mixture, started from the per-core estimates: the nearest-core cut is poor across
+    thick slices (stacked needles 2 slices apart share blurred voxels)."""
+    by_parent: dict[int, list[dict]] = {}
+    for r in recs:
+        by_parent.setdefault(id(r["b"]["parent"]), []).append(r)
+    out = []
+    for group in by_parent.values():
+        if len(group) == 1:
+            out.extend(group)
+            continue
+        pts, w = group[0]["b"]["parent"]
+        init = np.array([r["c"] for r in group])
+        ev, evec = np.linalg.eigh(_weighted_cov(pts, w, (pts * w[:, None]).sum(0) / max(w.sum(), 1e-12)))
+        _, centres, resp = _em(pts, w, init, evec[:, 2], psf_var, s)
+        for m, r in enumerate(group):
+            wm = w * resp[:, m]
+            c = (pts * wm[:, None]).sum(0) / max(float(wm.sum()), 1e-12)
+            out.append(dict(r, c=c, cov=_weighted_cov(pts, wm, c)))
+    return out
+
+
+def _em(pts, w, centres, axis0, psf_var, s):
+    """Weighted EM of a mixture of blurred seeds (equal masses), vectorised over the members.
+    Returns (log-likelihood, centres (n, 3), responsibilities (M, n))."""
+    n = len(centres)
+    centres = centres.astype(float).copy()
+    axes = np.repeat((axis0 / np.linalg.norm(axis0))[None, :], n, axis=0)
+    a = s.seed_length_mm ** 2 / 12.0
+    b = s.seed_diameter_mm ** 2 / 16.0
+    psf = np.diag(psf_var)
+    ll = -np.inf
+    resp = np.full((len(pts), n), 1.0 / n)
+    for _ in range(s.em_iterations):
+        C = (a - b) * np.einsum("ni,nj->nij", axes, axes) + b * np.eye(3)[None] + psf[None]
+        Ci = np.linalg.inv(C)
+        _, logdet = np.linalg.slogdet(C)
+        d = pts[:, None, :] - centres[None, :, :]                       # (M, n, 3)
+        logp = -0.5 * np.einsum("mni,nij,mnj->mn", d, Ci, d) - 0.5 * logdet[None, :]
+        mx = logp.max(1, keepdims=True)
+        p = np.exp(logp - mx)
+        tot = p.sum(1, keepdims=True)
+        resp = p / tot
+        new_ll = float((w * (np.log(tot[:, 0]) + mx[:, 0])).sum())
+        W = w[:, None] * resp                                          # (M, n)
+        sw = np.maximum(W.sum(0), 1e-12)
+        old = centres
+        centres = (W.T @ pts) / sw[:, None]
+        d = pts[:, None, :] - centres[None, :, :]
+        cov = np.einsum("mn,mni,mnj->nij", W, d, d) / sw[:, None, None] - psf[None]
+        _, evec = np.linalg.eigh(cov)
+        axes = evec[:, :, 2]
+        if abs(new_ll - ll) <= 1e-7 * abs(new_ll) or np.abs(centres - old).max() < 0.005:
+            ll = new_ll
+            break
+        ll = new_ll
+    return ll, centres, resp
+
+
+# --- one seed: centre refinement and axis ---------------------------------------------------------------
+def _make_seed(r, ct, spacing, thick, planned_img, planned_axes_img) -> FoundSeed:
+    c_img, axis_img, b = r["c"], r["axis"], r["b"]
+    source = "image"
+    if not r["reliable"]:
+        if planned_img is not None and planned_axes_img is not None and len(planned_axes_img):
+            j = int(np.argmin(np.linalg.norm(planned_img - c_img, axis=1)))
+            axis_img = planned_axes_img[j] / np.linalg.norm(planned_axes_img[j])
+            source = "needle"
+        else:
+            source = "image-z" if thick else "image"
+    pos = ct.ijk_to_lps(c_img / spacing)
+    axis = ct.direction @ axis_img
+    axis = axis / np.linalg.norm(axis)
+    if axis[int(np.argmax(np.abs(axis)))] < 0:       # sign is arbitrary: make the largest component positive
+        axis = -axis
+    return FoundSeed(position_mm=pos, axis=axis, axis_source=source, blob=r["bi"], blob_seeds=b["n"])
+
+
+def _elongation_scale(recs, thick, s) -> float:
+    """In-plane variance difference (mm^2) of a seed lying in plane. Theory for a 4.5 x 0.8 mm cylinder is
+    L^2/12 - D^2/16; rounded ends, clipping and the integration window make the imaged seed look shorter, so
+    with thick slices (where the tilt is read from it) it is taken from this scan's single seeds: the 90th
+    percentile of their in-plane elongation (most seeds lie close to the plane), within 0.5-1.2 x theory."""
+    theory = s.seed_length_mm ** 2 / 12.0 - s.seed_diameter_mm ** 2 / 16.0
+    if not thick:
+        return theory
+    diffs = []
+    for r in recs:
+        if r["b"]["n"] == 1:
+            ev = np.linalg.eigvalsh(r["cov"][:2, :2])
+            diffs.append(ev[1] - ev[0])
+    if len(diffs) < 5:
+        return theory
+    return float(np.clip(np.percentile(diffs, 90), 0.5 * theory, 1.2 * theory))
+
+
+def _axis_from_cov(cov, psf_var, thick, s, a_minus_b=None) -> tuple[np.ndarray, bool]:
+    if a_minus_b is None:
+        a_minus_b = s.seed_length_mm ** 2 / 12.0 - s.seed_diameter_mm ** 2 / 16.0
+    if not thick:
+        ev, evec = np.linalg.eigh(cov - np.diag(psf_var))
+        u = evec[:, 2]
+        return u, bool((ev[2] - ev[1]) > 0.35 * a_minus_b)
+    # thick slices: z spread is mostly slice profile; read the axis from the in-plane elongation
+    c2 = cov[:2, :2]
+    ev, evec = np.linalg.eigh(c2)
+    e1 = evec[:, 1]
+    inplane_sq = float(np.clip((ev[1] - ev[0]) / a_minus_b, 0.0, 1.0))     # = 1 - uz^2
+    uz = math.sqrt(1.0 - inplane_sq)
+    if float(e1 @ cov[:2, 2]) < 0:
+        uz = -uz
+    u = np.array([e1[0] * math.sqrt(inplane_sq), e1[1] * math.sqrt(inplane_sq), uz])
+    return u / np.linalg.norm(u), inplane_sq > 0.3
+
+
+def _slice_profile(t, ell, thickness, s):
+    """Expected per-slice signal of a seed of z extent ``ell`` (mm) at offset ``t`` (mm) from a slice centre."""
+    if s.slice_profile == "box":
+        return np.clip(np.minimum(t + ell / 2, thickness / 2) - np.maximum(t - ell / 2, -thickness / 2), 0, None)
+    q = math.hypot(thickness / 2.3548, s.scanner_blur_sigma_mm) * math.sqrt(2.0)
+    return 0.5 * (erf((t + ell / 2) / q) - erf((t - ell / 2) / q))
+
+
+def _footprint(pts, c, axis_img, s):
+    """Points within 1.2 mm (in plane) of the seed's projected segment."""
+    p2 = axis_img[:2]
+    n2 = float(np.linalg.norm(p2))
+    half = 0.5 * s.seed_length_mm * n2
+    p2 = p2 / n2 if n2 > 1e-6 else np.zeros(2)
+    d = pts[:, :2] - c[:2]
+    along = np.clip(d @ p2, -half, half)
+    return np.linalg.norm(d - along[:, None] * p2[None, :], axis=1) < 1.2
+
+
+def _refine_z_thick(recs, dz, thickness, s, sweeps: int = 3) -> None:
+    """z centres from the slice profile with thick slices. The centroid of two or three samples of a 5 mm
+    profile is biased, so each seed's per-slice sums (over its in-plane footprint) are fitted with the known
+    profile; seeds of the same blob that share the footprint (stacked needles, a chain) are fitted jointly
+    (their amplitudes free, their centres from the previous sweep). The search stays within
+    ``z_fit_reach_slices`` of the seed's centroid z. Seeds lying mostly along z keep the
+    centroid: their profile is the slice profile convolved with 4.5 mm and their neighbours overlap it."""
+    by_parent: dict[int, list[dict]] = {}
+    for r in recs:
+        by_parent.setdefault(id(r["b"]["parent"]), []).append(r)
+    for group in by_parent.values():
+        pts, w = group[0]["b"]["parent"]
+        ks_all = np.round(pts[:, 2] / dz).astype(int)
+        fit = [r for r in group if abs(r["axis"][2]) < 0.6]
+        # the centroid is biased by less than about half a slice; a wider search lets a seed slide onto the
+        # next slice's signal of a neighbour sharing its footprint (two needles 10 mm apart, one blob)
+        z0 = {id(r): float(r["c"][2]) for r in fit}
+        for _ in range(sweeps):
+            moved = 0.0
+            for r in fit:
+                sel = _footprint(pts, r["c"], r["axis"], s)
+                if not sel.any():
+                    continue
+                ks = np.unique(ks_all[sel])
+                S = np.bincount(ks_all[sel] - ks[0], weights=w[sel])[ks - ks[0]]
+                zc = ks * dz
+                # fitted jointly: every neighbour whose own footprint carries part of this seed's footprint
+                # signal, not only those centred in it (parallel needles overlap in plane off-centre)
+                wsel = float(w[sel].sum())
+                others = [o for o in group if o is not r and (
+                    _footprint(o["c"][None, :], r["c"], r["axis"], s)[0]
+                    or float(w[sel & _footprint(pts, o["c"], o["axis"], s)].sum()) > s.z_fit_overlap_fraction * wsel)]
+                ell = max(s.seed_diameter_mm, s.seed_length_mm * abs(float(r["axis"][2])))
+                reach = s.z_fit_reach_slices * dz
+                cand = z0[id(r)] + np.linspace(-reach, reach, 121)
+                cols = [_slice_profile(zc[None, :] - cand[:, None], ell, thickness, s)]
+                for o in others:
+                    ello = max(s.seed_diameter_mm, s.seed_length_mm * abs(float(o["axis"][2])))
+                    po = _slice_profile(zc - o["c"][2], ello, thickness, s)
+                    cols.append(np.broadcast_to(po, cols[0].shape))
+                X = np.stack(cols, axis=2)                                   # (candidates, slices, columns)
+                XtX = np.einsum("cki,ckj->cij", X, X) + 1e-9 * np.eye(X.shape[2])
+                Xty = np.einsum("cki,k->ci", X, S)
+                beta = np.linalg.solve(XtX, Xty[..., None])[..., 0]
+                sse = ((S[None, :] - np.einsum("cki,ci->ck", X, beta)) ** 2).sum(1)
+                sse[beta[:, 0] <= 0] = np.inf
+                if np.isfinite(sse).any():
+                    # a box profile leaves z flat inside a slice: take the middle of the equally good range
+                    best = float(np.min(sse))
+                    tie = sse <= best + 1e-3 * float((S * S).sum()) + 1e-9
+                    z_new = float(cand[tie].mean())
+                    moved = max(moved, abs(z_new - r["c"][2]))
+                    r["c"][2] = z_new
+            if moved < 0.05:
+                break
+
+
+# --- plan comparison ------------------------------------------------------------------------------------
+def _migration(result: SeedFindingResult, planned_mm: np.ndarray, s: SeedFindingSettings) -> None:
+    found = result.positions_mm
+    if not len(found):
+        result.unmatched_planned = list(range(len(planned_mm)))
+        return
+    d = np.linalg.norm(found[:, None, :] - planned_mm[None, :, :], axis=2)
+    nearest = d.min(1)
+    for i, seed in enumerate(result.seeds):
+        seed.nearest_planned_mm = float(nearest[i])
+        if nearest[i] > s.migration_mm:
+            result.migrated.append({"index": i, "position_mm": [round(float(v), 2) for v in found[i]],
+                                    "distance_to_plan_mm": round(float(nearest[i]), 2)})
+    # capped cost: beyond the migration distance every pairing is equally "no match", so the assignment
+    # never shifts a chain of good matches to shave distance off a migrated seed
+    rows, cols = linear_sum_assignment(np.minimum(d, s.migration_mm + 1.0))
+    matched = {int(c) for r, c in zip(rows, cols) if d[r, c] <= s.migration_mm}
+    result.unmatched_planned = [j for j in range(len(planned_mm)) if j not in matched]
+    if result.migrated:
+        result.warnings.append(
+            f"{len(result.migrated)} seed(s) lie more than {s.migration_mm:.0f} mm from every planned position "
+            "(migration or a non-seed object); see 'migrated'")

@@ -1,0 +1,475 @@
+"""Read a folder of single-frame CT slices into one ``Volume`` (HU, float32) in DICOM LPS mm.
+
+Geometry comes from the headers only, never from file names or InstanceNumber:
+
+- the slice normal is ``n = row_cosine x column_cosine`` (ImageOrientationPatient);
+- each slice's position along the stack is ``s = ImagePositionPatient . n`` and slices are sorted by ``s``;
+- ``Volume.direction`` columns are (row cosine, column cosine, n), so index ``k`` runs along increasing ``s``
+  whatever the patient position (HFS, FFS, ...); ``origin_mm`` is the ImagePositionPatient of slice k = 0;
+- ``spacing_mm`` is (PixelSpacing[1], PixelSpacing[0], slice step): DICOM PixelSpacing is (row spacing,
+  column spacing) = (spacing along j, spacing along i).
+
+A series is refused (``DicomSeriesError``) rather than guessed at when it cannot be one regular volume: missing
+slices, uneven spacing, duplicate positions, gantry tilt (slice offsets not along the normal), non-orthonormal
+orientation, mixed matrix or pixel spacing, non-CT modality, unreadable or truncated files.
+
+Only the files directly inside the folder are read (no recursion). Files that are obviously not DICOM by name
+(hidden files, ``.txt``, ``.json``, ...) and DICOMDIR are skipped; any other file that pydicom cannot parse is an
+error, because silently skipping a truncated slice at the end of a stack would shorten the volume unnoticed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from navigator.errors import DicomSeriesError
+from navigator.core.volume import Volume
+
+__all__ = ["SeriesInfo", "list_series", "load_ct_series"]
+
+# Study/patient tags kept in Volume.meta (by DICOM keyword) so derived RT objects can be written for the same
+# patient and study.
+STUDY_PATIENT_KEYWORDS = (
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
+
+_NOT_DICOM_SUFFIXES = {
+    ".txt", ".md", ".json", ".xml", ".csv", ".html", ".htm", ".pdf", ".png", ".jpg", ".jpeg", ".gif", ".bmp",
+    ".zip", ".gz", ".tar", ".ini", ".log", ".py", ".sh", ".bat", ".exe", ".db", ".nrrd", ".nii", ".mha", ".mhd",
+}
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+# Transfer syntaxes whose pixel data are stored raw and can be read with numpy directly.
+_NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2": "<",  # implicit VR little endian
+    "1.2.840.10008.1.2.1": "<",  # explicit VR little endian
+    "1.2.840.10008.1.2.2": ">",  # explicit VR big endian (retired, still seen)
+}
+# Type 1 attributes a slice must have to be placed and scaled; a header cut short by truncation lacks them.
+_REQUIRED_KEYWORDS = (
+    "SOPInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+    "Rows", "Columns", "BitsAllocated", "PixelRepresentation",
+)
+# Orientation cosines and direction: how far from unit length / perpendicular / identical counts as wrong.
+_COSINE_TOL = 1e-3
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Real exports break VR length rules (e.g. an 18-character Study ID in SH); pydicom warns on every access.
+    The checks that matter are done here explicitly, so these warnings are only noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\..*")
+        yield
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One series found in a folder (any modality)."""
+
+    series_uid: str
+    modality: str
+    n_files: int
+    description: str
+    series_number: str
+    study_uid: str
+    frame_of_reference_uid: str
+
+    def line(self) -> str:
+        """One human-readable line: uid, modality, number of files, description."""
+        return f"{self.series_uid}  {self.modality or '?'}  {self.n_files} files  '{self.description}'"
+
+
+@dataclass
+class _Header:
+    path: Path
+    ds: pydicom.Dataset  # read with defer_size: PixelData comes from the file on first access
+
+
+# --- folder scan --------------------------------------------------------------------------------------------
+def _candidate_files(folder: Path) -> list[Path]:
+    if not folder.exists():
+        raise DicomSeriesError(f"CT folder {folder} does not exist; give the folder that holds the CT slice files")
+    if not folder.is_dir():
+        raise DicomSeriesError(
+            f"{folder} is a file, not a folder; give the folder that holds the CT slice files (one file per slice)"
+        )
+    files = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() in _NOT_DICOM_SUFFIXES:
+            continue
+        if p.name.upper() == "DICOMDIR":
+            continue
+        files.append(p)
+    return files
+
+
+def _read_header(path: Path) -> pydicom.Dataset:
+    try:
+        # Large values (PixelData) are not read now but from the file when first used: one parse per file.
+        return pydicom.dcmread(path, defer_size="64 KB")
+    except InvalidDicomError as exc:
+        raise DicomSeriesError(
+            f"{path}: not a readable DICOM file ({exc}); remove it from the folder or re-export the series"
+        ) from None
+    except Exception as exc:  # pydicom raises many types on damaged files (EOFError, struct.error, ValueError...)
+        raise DicomSeriesError(
+            f"{path}: DICOM header cannot be read ({type(exc).__name__}: {exc}); the file is damaged or "
+            "truncated; copy or re-export the series again"
+        ) from None
+
+
+def _scan(folder: Path) -> list[_Header]:
+    files = _candidate_files(folder)
+    headers = []
+    for p in files:
+        ds = _read_header(p)
+        if str(ds.get("SOPClassUID", "")) == _MEDIA_STORAGE_DIRECTORY:
+            continue
+        headers.append(_Header(p, ds))
+    if not headers:
+        raise DicomSeriesError(
+            f"CT folder {folder} holds no DICOM files ({len(files)} candidate files); "
+            "give the folder that holds the CT slice files"
+        )
+    return headers
+
+
+def _group(headers: list[_Header]) -> dict[str, list[_Header]]:
+    groups: dict[str, list[_Header]] = {}
+    for h in headers:
+        uid = str(h.ds.get("SeriesInstanceUID", ""))
+        if not uid:
+            raise DicomSeriesError(
+                f"{h.path}: SeriesInstanceUID (0020,000E) is missing; the file cannot be assigned to a series; "
+                "re-export it from the scanner or PACS"
+            )
+        groups.setdefault(uid, []).append(h)
+    return groups
+
+
+def _info(uid: str, hs: list[_Header]) -> SeriesInfo:
+    ds = hs[0].ds
+    return SeriesInfo(
+        series_uid=uid,
+        modality=str(ds.get("Modality", "")),
+        n_files=len(hs),
+        description=str(ds.get("SeriesDescription", "")),
+        series_number=str(ds.get("SeriesNumber", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+    )
+
+
+def list_series(path) -> list[SeriesInfo]:
+    """All series in the folder ``path`` (every modality, RTSTRUCT included), ordered by modality then number."""
+    with _quiet():
+        groups = _group(_scan(Path(path)))
+        infos = [_info(uid, hs) for uid, hs in groups.items()]
+    return sorted(infos, key=lambda s: (s.modality, s.series_number, s.series_uid))
+
+
+def _series_list_text(infos) -> str:
+    return "\n  " + "\n  ".join(s.line() for s in infos)
+
+
+# --- per-series checks --------------------------------------------------------------------------------------
+def _floats(h: _Header, keyword: str, n: int) -> np.ndarray:
+    v = h.ds.get(keyword)
+    try:
+        arr = np.array([float(x) for x in v], dtype=float) if v is not None else None
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise DicomSeriesError(
+            f"{h.path}: {keyword} is missing or not {n} numbers (value {v!r}); the slice cannot be placed in "
+            "patient coordinates (the file may be truncated); re-export the series with full geometry"
+        )
+    return arr
+
+
+def _require_same(hs: list[_Header], keyword: str, values, what: str, unit: str) -> None:
+    first = values[0]
+    for h, v in zip(hs, values):
+        if not np.allclose(np.asarray(v, float), np.asarray(first, float), atol=1e-4, rtol=0):
+            raise DicomSeriesError(
+                f"{hs[0].path.parent}: {what} differs between slices ({keyword} {np.round(first, 4).tolist()}{unit} "
+                f"in {hs[0].path.name}, {np.round(v, 4).tolist()}{unit} in {h.path.name}); a volume needs one "
+                "value for the whole series; re-export the series as one reconstruction"
+            )
+
+
+def _check_series_modality(folder: Path, info: SeriesInfo, hs: list[_Header]) -> None:
+    mods = sorted({str(h.ds.get("Modality", "")) for h in hs})
+    if mods != ["CT"]:
+        raise DicomSeriesError(
+            f"{folder}: series {info.series_uid} ('{info.description}') has modality {'/'.join(mods) or 'none'}, "
+            "not CT; the navigator needs a CT series (Hounsfield units); choose the CT series"
+        )
+    for h in hs:
+        if str(h.ds.get("SOPClassUID", "")) == _ENHANCED_CT or int(h.ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise DicomSeriesError(
+                f"{h.path}: multi-frame (Enhanced CT) file; only single-frame CT Image Storage (one file per "
+                "slice) is supported; export the series as classic single-frame CT images"
+            )
+
+
+def _geometry(folder: Path, hs: list[_Header]):
+    """Sort slices along the normal and check they form one regular, untilted stack."""
+    iops = [_floats(h, "ImageOrientationPatient", 6) for h in hs]
+    ipps = np.array([_floats(h, "ImagePositionPatient", 3) for h in hs])
+    pss = [_floats(h, "PixelSpacing", 2) for h in hs]
+    rows = [int(h.ds.get("Rows", 0) or 0) for h in hs]
+    cols = [int(h.ds.get("Columns", 0) or 0) for h in hs]
+    _require_same(hs, "Rows", rows, "the number of rows", "")
+    _require_same(hs, "Columns", cols, "the number of columns", "")
+    _require_same(hs, "PixelSpacing", pss, "the pixel spacing", " mm")
+    _require_same(hs, "ImageOrientationPatient", iops, "the slice orientation", "")
+    if rows[0] <= 0 or cols[0] <= 0:
+        raise DicomSeriesError(f"{hs[0].path}: Rows {rows[0]} x Columns {cols[0]}; the image has no pixels")
+    if np.any(pss[0] <= 0):
+        raise DicomSeriesError(
+            f"{hs[0].path}: PixelSpacing {pss[0].tolist()} mm; pixel spacing must be positive; re-export the series"
+        )
+
+    row_cos, col_cos = iops[0][:3], iops[0][3:]
+    if (
+        abs(np.linalg.norm(row_cos) - 1) > _COSINE_TOL
+        or abs(np.linalg.norm(col_cos) - 1) > _COSINE_TOL
+        or abs(float(row_cos @ col_cos)) > _COSINE_TOL
+    ):
+        raise DicomSeriesError(
+            f"{hs[0].path}: ImageOrientationPatient {iops[0].tolist()} is not two perpendicular unit vectors "
+            f"(lengths {np.linalg.norm(row_cos):.4f}, {np.linalg.norm(col_cos):.4f}, dot {row_cos @ col_cos:.4f}); "
+            "the slice orientation is invalid; re-export the series"
+        )
+    row_cos = row_cos / np.linalg.norm(row_cos)
+    col_cos = col_cos - (col_cos @ row_cos) * row_cos
+    col_cos = col_cos / np.linalg.norm(col_cos)
+    normal = np.cross(row_cos, col_cos)
+
+    if len(hs) < 2:
+        raise DicomSeriesError(
+            f"{folder}: series has 1 slice ({hs[0].path.name}); a volume needs at least 2 slices; "
+            "export the whole series"
+        )
+
+    s = ipps @ normal
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    steps = np.diff(s_sorted)
+    median_step = float(np.median(steps))
+    tol = max(0.01, 0.01 * abs(median_step))
+
+    dup = np.nonzero(steps < tol)[0]
+    if dup.size:
+        a, b = hs[order[dup[0]]], hs[order[dup[0] + 1]]
+        raise DicomSeriesError(
+            f"{folder}: {dup.size} duplicate slice position(s), e.g. {a.path.name} and {b.path.name} both at "
+            f"{s_sorted[dup[0]]:.3f} mm along the slice normal; the folder probably mixes two acquisitions or "
+            "holds copies; keep one file per position or pick the reconstruction you want"
+        )
+
+    bad = np.nonzero(np.abs(steps - median_step) > tol)[0]
+    if bad.size:
+        ratios = steps[bad] / median_step
+        if np.all((np.abs(ratios - np.round(ratios)) * median_step <= tol) & (np.round(ratios) >= 2)):
+            gaps = ", ".join(
+                f"{int(round(r)) - 1} missing between {s_sorted[g]:.2f} and {s_sorted[g + 1]:.2f} mm"
+                for g, r in zip(bad[:5], ratios[:5])
+            )
+            raise DicomSeriesError(
+                f"{folder}: missing slices: the slice step is {median_step:.3f} mm but {bad.size} gap(s) are "
+                f"larger ({gaps}; positions along the slice normal); copy the complete series from the scanner "
+                "or PACS"
+            )
+        distinct = np.unique(np.round(steps, 2))
+        raise DicomSeriesError(
+            f"{folder}: non-uniform slice spacing: steps of {', '.join(f'{d:g}' for d in distinct[:6])} mm "
+            f"(tolerance {tol:.3f} mm around the median {median_step:.3f} mm); the navigator needs evenly spaced "
+            "slices; re-export the series with uniform spacing (one reconstruction, one slice increment)"
+        )
+
+    # Gantry tilt (or sheared stacks): the slice origins must move along the normal only.
+    offsets = ipps[order] - ipps[order[0]]
+    inplane = offsets - np.outer(offsets @ normal, normal)
+    shear = np.linalg.norm(inplane, axis=1)
+    worst = int(np.argmax(shear))
+    if shear[worst] > tol:
+        angle = np.degrees(np.arctan2(shear[worst], abs(s_sorted[worst] - s_sorted[0])))
+        tilt = hs[0].ds.get("GantryDetectorTilt", None)
+        tilt_txt = f", GantryDetectorTilt {float(tilt):g} deg" if tilt not in (None, "") else ""
+        raise DicomSeriesError(
+            f"{folder}: slices are not stacked along their normal: slice {hs[order[worst]].path.name} is shifted "
+            f"{shear[worst]:.2f} mm in-plane over {abs(s_sorted[worst] - s_sorted[0]):.1f} mm "
+            f"({angle:.2f} deg{tilt_txt}); a gantry-tilted or sheared series cannot be used as a volume; "
+            "rescan without gantry tilt or re-export the series resampled to an orthogonal grid"
+        )
+
+    step = float((s_sorted[-1] - s_sorted[0]) / (len(hs) - 1))
+    spacing = np.array([pss[0][1], pss[0][0], step])
+    direction = np.column_stack([row_cos, col_cos, normal])
+    return order, ipps[order[0]], spacing, direction, (rows[0], cols[0])
+
+
+# --- pixels -------------------------------------------------------------------------------------------------
+def _pixels(h: _Header, rows: int, cols: int) -> np.ndarray:
+    """Stored values of one slice as float32 HU (rescale applied), shape (rows, cols)."""
+    ds = h.ds
+    if "PixelData" not in ds:
+        raise DicomSeriesError(f"{h.path}: no PixelData (7FE0,0010); the file holds no image; re-export the series")
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        raise DicomSeriesError(f"{h.path}: SamplesPerPixel {spp}; a CT slice must be greyscale (1 sample per pixel)")
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = str(file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if file_meta is not None else ""
+    n = rows * cols
+    if syntax in _NATIVE_SYNTAXES and bits in (8, 16, 32):
+        dtype = np.dtype(f"{_NATIVE_SYNTAXES[syntax]}{'i' if signed else 'u'}{bits // 8}")
+        try:
+            raw = ds.PixelData
+        except Exception as exc:
+            raise DicomSeriesError(
+                f"{h.path}: pixel data cannot be read ({type(exc).__name__}: {exc}); the file is damaged, "
+                "truncated or was changed while loading; copy or re-export the series again"
+            ) from None
+        if len(raw) < n * dtype.itemsize:
+            raise DicomSeriesError(
+                f"{h.path}: pixel data has {len(raw)} bytes but Rows x Columns x {bits} bits needs "
+                f"{n * dtype.itemsize} bytes; the file is truncated; copy or re-export the series again"
+            )
+        arr = np.frombuffer(raw, dtype=dtype, count=n).reshape(rows, cols)
+        bits_stored = int(ds.get("BitsStored", bits) or bits)
+        if bits_stored < bits:
+            # Stored values occupy the low BitsStored bits; mask (and sign-extend) so stray high bits do not leak.
+            arr = arr.astype(np.int64) & ((1 << bits_stored) - 1)
+            if signed:
+                arr = np.where(arr >= 1 << (bits_stored - 1), arr - (1 << bits_stored), arr)
+    else:
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:
+            raise DicomSeriesError(
+                f"{h.path}: compressed pixel data (transfer syntax {syntax}) cannot be decoded here "
+                f"({type(exc).__name__}: {exc}); export the series uncompressed (explicit VR little endian)"
+            ) from None
+        if arr.shape != (rows, cols):
+            raise DicomSeriesError(f"{h.path}: decoded pixel array {arr.shape} is not Rows x Columns {(rows, cols)}")
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _str(ds, keyword: str) -> str:
+    v = ds.get(keyword, "")
+    return "" if v is None else str(v)
+
+
+# --- public -------------------------------------------------------------------------------------------------
+def load_ct_series(path, series_uid: str | None = None) -> Volume:
+    """Load the CT series in folder ``path`` as a float32 HU ``Volume`` in LPS mm.
+
+    ``series_uid`` picks a series when the folder holds more than one CT series; without it such a folder is
+    refused with the list of series (uid, modality, number of files, description). Non-image objects in the folder
+    (RTSTRUCT, RTPLAN, ...) are ignored. See the module docstring for the geometry conventions.
+
+    Identity: ``frame_of_reference_uid``, ``series_uid``, ``study_uid``, ``patient_id``, ``patient_name``.
+    ``meta``: ``patient_position`` (e.g. 'HFS', 'FFS'), ``sop_instance_uids`` and ``source_files`` in k order,
+    ``slice_thickness_mm`` (SliceThickness, may differ from the slice step ``spacing_mm[2]``; None if absent),
+    ``modality``, ``series_description``, ``series_number``, ``manufacturer``, and the
+    study/patient tags named by DICOM keyword: PatientBirthDate, PatientSex, StudyDate, StudyTime, StudyID,
+    AccessionNumber, ReferringPhysicianName, StudyDescription.
+
+    Raises ``DicomSeriesError`` on anything that would make the volume untrustworthy.
+    """
+    with _quiet():
+        return _load(Path(path), series_uid)
+
+
+def _load(folder: Path, series_uid: str | None) -> Volume:
+    groups = _group(_scan(folder))
+    infos = {uid: _info(uid, hs) for uid, hs in groups.items()}
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise DicomSeriesError(
+                f"{folder}: no series with SeriesInstanceUID {series_uid}; the folder holds:"
+                f"{_series_list_text(infos.values())}\nchoose one of these uids"
+            )
+        uid = series_uid
+    else:
+        ct = [u for u in groups if infos[u].modality == "CT"]
+        if len(ct) == 1:
+            uid = ct[0]
+        elif not ct:
+            raise DicomSeriesError(
+                f"{folder}: no CT series in the folder (modality CT); it holds:{_series_list_text(infos.values())}"
+                "\nthe navigator needs a CT series; give the folder of the CT"
+            )
+        else:
+            raise DicomSeriesError(
+                f"{folder}: {len(ct)} CT series in one folder; pick one by SeriesInstanceUID "
+                f"(series_uid=..., --series-uid):{_series_list_text(infos[u] for u in ct)}"
+            )
+    hs = groups[uid]
+    _check_series_modality(folder, infos[uid], hs)
+    for h in hs:
+        missing = [kw for kw in _REQUIRED_KEYWORDS if h.ds.get(kw, None) in (None, "")]
+        if missing:
+            raise DicomSeriesError(
+                f"{h.path}: required CT attribute(s) {', '.join(missing)} missing; the file is truncated or "
+                "incomplete; copy or re-export the series again"
+            )
+    fors = sorted({_str(h.ds, "FrameOfReferenceUID") for h in hs})
+    if len(fors) > 1:
+        raise DicomSeriesError(
+            f"{folder}: series {uid} mixes {len(fors)} FrameOfReferenceUIDs ({', '.join(fors)}); slices of one "
+            "volume must share one patient frame; re-export the series"
+        )
+    order, origin, spacing, direction, (rows, cols) = _geometry(folder, hs)
+
+    array = np.empty((len(hs), rows, cols), dtype=np.float32)
+    for k, idx in enumerate(order):
+        array[k] = _pixels(hs[idx], rows, cols)
+
+    first = hs[order[0]].ds
+    st = first.get("SliceThickness", None)
+    meta = {
+        "patient_position": _str(first, "PatientPosition"),
+        "sop_instance_uids": [_str(hs[i].ds, "SOPInstanceUID") for i in order],
+        "source_files": [str(hs[i].path) for i in order],
+        "slice_thickness_mm": float(st) if st not in (None, "") else None,
+        "modality": "CT",
+        "series_description": _str(first, "SeriesDescription"),
+        "series_number": _str(first, "SeriesNumber"),
+        "manufacturer": _str(first, "Manufacturer"),
+    }
+    for kw in STUDY_PATIENT_KEYWORDS:
+        meta[kw] = _str(first, kw)
+    return Volume(
+        array=array,
+        origin_mm=origin,
+        spacing_mm=spacing,
+        direction=direction,
+        frame_of_reference_uid=fors[0],
+        series_uid=uid,
+        study_uid=_str(first, "StudyInstanceUID"),
+        patient_id=_str(first, "PatientID"),
+        patient_name=_str(first, "PatientName"),
+        meta=meta,
+    )

@@ -1,0 +1,380 @@
+"""The post-implant pipeline: register the pre-plan CT to the post-implant CT, map the CTV and OARs, find the
+seeds, compute the delivered dose (TG-43 from the found seeds and their axes), the metrics, the cold spots,
+and propose supplementary seeds. Returns the ``postimplant.json`` dict of cli-contract.md (plus extra keys)
+and the volumes the command writes (RT Dose) and draws (postimplant.html).
+
+Frames: every coordinate in the result is LPS mm of the post-implant CT. The registration maps pre-plan
+(fixed) points into it (``fixed_to_moving``); the pre-plan masks are resampled through it as fractional
+occupancy (trilinear), which the DVH uses as weights; cold spots use occupancy >= 0.5.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from navigator.physics import dvh, tg43
+from navigator.anatomy import targets
+from navigator.postimplant.coldspots import DEFAULT_MIN_VOLUME_CC, find_cold_spots
+from navigator.physics.dose import dose_on_grid
+from navigator.errors import InputError, PlanError
+from navigator.core.volume import Volume
+from navigator.core.plan import Plan
+from navigator.imaging.registration import RegistrationResult, check_same_patient, register_rigid
+from navigator.imaging.seed_finding import SeedFindingSettings, find_seeds
+from navigator.postimplant.supplement import (NeedleField, SupplementSettings, ctv_lattice, freehand_candidates, propose_supplementary,
+                         template_candidates, tilted_directions)
+
+COMPARISON_KEYS = [("seed count", "seeds", ""), ("CTV volume", "ctv_cc", "cc"), ("D90", "D90_gy", "Gy"),
+                   ("D100", "D100_gy", "Gy"), ("V100", "V100_pct", "%"), ("V150", "V150_pct", "%"), ("HI", "HI", "")]
+
+
+@dataclass
+class PostimplantOptions:
+    expected_seeds: int | None = None      # delivery ledger count; None: the plan's seed count
+    grid_mm: float = 1.0
+    grid_margin_mm: float = 10.0
+    max_dose_voxels: int = 1_500_000
+    search_margin_mm: float = 40.0         # seeds are searched within this distance of the mapped CTV box
+    cold_spot_min_cc: float = DEFAULT_MIN_VOLUME_CC
+    max_ctv_points: int = 6000
+    max_oar_points: int = 1500
+    seed_finding: SeedFindingSettings = field(default_factory=SeedFindingSettings)
+    supplement: SupplementSettings = field(default_factory=SupplementSettings)
+    progress: object = None                # callable(str) or None
+
+
+@dataclass
+class PostimplantResult:
+    result: dict                 # postimplant.json
+    dose: Volume                 # Gy on the post-implant dose grid (found seeds)
+    dose_supplemented: Volume    # with the proposed seeds added
+    ctv_weights: np.ndarray      # occupancy on the dose grid
+    oar_weights: dict
+    cold_masks: list
+    preplan_dvh: object          # dvh.DVH of the plan's own seeds on the pre-plan CTV
+    seeds_mm: np.ndarray
+    seed_axes: np.ndarray
+    supplementary_mm: np.ndarray
+
+
+# --- pre-plan masks -------------------------------------------------------------------------------------
+def preplan_masks(plan: Plan, ct: Volume, structures: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """CTV and OAR masks (bool, pre-plan CT grid) from ``structures`` ({name: Structure or bool mask}).
+    The CTV is the structure named "CTV" when there is one (the plan command writes it), else the plan's
+    target grown by the plan's margin (default 5 mm) and clipped to the body, as ``navigator plan`` builds it."""
+    from navigator.planning.pipeline import _to_mask
+    from navigator.anatomy.structures import expand_margin
+
+    names = {n.lower(): n for n in structures}
+    if "ctv" in names:
+        ctv = _to_mask("CTV", structures[names["ctv"]], ct)
+    else:
+        tname = plan.target if plan.target in structures else names.get(plan.target.lower())
+        if tname is None:
+            raise PlanError(f"the plan's target '{plan.target}' is not in the structure set ({', '.join(sorted(structures))}); "
+                            "give the RT Structure Set the plan was made with (--structures)")
+        gtv = _to_mask(tname, structures[tname], ct)
+        margin = float((plan.extra.get("ctv") or {}).get("margin_mm", 5.0))
+        ctv = targets.ctv_mask(gtv, ct, margin, body=targets.body_mask(ct), expand=expand_margin)
+    if not ctv.any():
+        raise PlanError("the CTV is empty on the pre-plan CT; check the structure set belongs to this CT")
+    wanted = list((plan.metrics.get("oars") or {}).keys())
+    if not wanted:
+        wanted = [n for n in structures if not targets.is_target_name(n) and n != plan.target
+                  and targets.classify_oar(n) != "skin" and "needle" not in n.lower()]
+    oars = {}
+    for n in wanted:
+        key = n if n in structures else names.get(n.lower())
+        if key is not None:
+            oars[n] = _to_mask(n, structures[key], ct)
+    return ctv, oars
+
+
+# --- geometry helpers -----------------------------------------------------------------------------------
+def _apply(m, p):
+    return np.asarray(p, float) @ m[:3, :3].T + m[:3, 3]
+
+
+def _mask_corners_lps(mask: np.ndarray, ct: Volume) -> np.ndarray:
+    kk, jj, ii = np.nonzero(mask)
+    lo = np.array([ii.min(), jj.min(), kk.min()], float) - 0.5
+    hi = np.array([ii.max(), jj.max(), kk.max()], float) + 0.5
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    return ct.ijk_to_lps(corners)
+
+
+def dose_grid_over(points_lps: np.ndarray, ct: Volume, step_mm: float, margin_mm: float, max_voxels: int) -> Volume:
+    """A grid in ``ct``'s orientation over the LPS points + margin, ``step_mm`` (coarser if too many voxels)."""
+    local = (points_lps - ct.origin_mm) @ ct.direction        # mm along the ct's i, j, k axes
+    lo, hi = local.min(0) - margin_mm, local.max(0) + margin_mm
+    step = step_mm
+    while np.prod(np.floor((hi - lo) / step) + 1) > max_voxels:
+        step += 0.5
+    n = (np.floor((hi - lo) / step) + 1).astype(int)
+    return Volume(array=np.zeros((n[2], n[1], n[0]), np.float32), origin_mm=ct.origin_mm + ct.direction @ lo,
+                  spacing_mm=np.full(3, step), direction=ct.direction.copy(),
+                  frame_of_reference_uid=ct.frame_of_reference_uid, series_uid=ct.series_uid,
+                  study_uid=ct.study_uid, patient_id=ct.patient_id, patient_name=ct.patient_name,
+                  meta={"kind": "dose grid"})
+
+
+def resample_mask(mask: np.ndarray, src: Volume, grid: Volume, grid_to_src: np.ndarray, _coords=None) -> np.ndarray:
+    """Occupancy (float32 0..1) of a bool mask on ``src`` at ``grid``'s voxel centres (trilinear), mapping the
+    grid's LPS points into ``src``'s LPS frame with ``grid_to_src`` (4x4)."""
+    coords = _coords if _coords is not None else _grid_coords_in(src, grid, grid_to_src)
+    occ = ndimage.map_coordinates(mask.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
+    return np.clip(occ, 0.0, 1.0).reshape(grid.array.shape).astype(np.float32)
+
+
+def resample_masks(masks: dict, src: Volume, grid: Volume, grid_to_src: np.ndarray) -> dict:
+    """``resample_mask`` for several masks on the same grids (the coordinates computed once)."""
+    coords = _grid_coords_in(src, grid, grid_to_src)
+    return {n: resample_mask(m, src, grid, grid_to_src, coords) for n, m in masks.items()}
+
+
+def _grid_coords_in(src: Volume, grid: Volume, grid_to_src: np.ndarray) -> np.ndarray:
+    ijk = src.lps_to_ijk(_apply(grid_to_src, grid.voxel_centers_lps()))
+    return np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])       # numpy (k, j, i) order for map_coordinates
+
+
+def _crop(ct: Volume, corners_lps: np.ndarray, margin_mm: float) -> tuple[Volume, tuple]:
+    ijk = ct.lps_to_ijk(corners_lps)
+    m = margin_mm / ct.spacing_mm
+    lo = np.maximum(np.floor(ijk.min(0) - m).astype(int), 0)
+    hi = np.minimum(np.ceil(ijk.max(0) + m).astype(int) + 1, np.array(ct.shape_ijk))
+    sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    sub = Volume(array=ct.array[sl], origin_mm=ct.ijk_to_lps(lo), spacing_mm=ct.spacing_mm.copy(),
+                 direction=ct.direction.copy(), frame_of_reference_uid=ct.frame_of_reference_uid,
+                 patient_id=ct.patient_id, meta=dict(ct.meta))
+    return sub, sl
+
+
+def _r3(v):
+    return [round(float(x), 3) for x in v]
+
+
+# --- the pipeline ---------------------------------------------------------------------------------------
+def run_postimplant(plan: Plan, preplan_ct: Volume, post_ct: Volume, structures: dict,
+                    options: PostimplantOptions | None = None,
+                    registration: RegistrationResult | None = None) -> PostimplantResult:
+    """The whole post-implant evaluation; see the module docstring. ``structures``: the pre-plan structure
+    set ({name: Structure} or {name: bool mask on ``preplan_ct``}). ``registration``: a known pre-plan ->
+    post-implant registration (else computed). Raises InputError for a scan of another patient, a plan made
+    on another CT, a scan with no seeds."""
+    o = options or PostimplantOptions()
+    say = o.progress or (lambda msg: None)
+    t_all = time.perf_counter()
+    timing = {}
+    warnings: list[str] = []
+
+    check_same_patient(preplan_ct, post_ct)
+    if plan.frame_of_reference_uid and preplan_ct.frame_of_reference_uid and \
+            plan.frame_of_reference_uid != preplan_ct.frame_of_reference_uid:
+        raise PlanError(f"the plan was made on frame of reference {plan.frame_of_reference_uid} but the pre-plan CT "
+                        f"given is in {preplan_ct.frame_of_reference_uid}; give the CT the plan was made on")
+    rx = float(plan.prescription_gy)
+    model = tg43.load_seed_model(plan.seed_model)
+    # a scan with no seeds (the pre-plan CT given twice...) is refused before the slow registration
+    find_seeds(post_ct, settings=o.seed_finding)
+
+    t = time.perf_counter()
+    ctv_pre, oars_pre = preplan_masks(plan, preplan_ct, structures)
+    corners_pre = _mask_corners_lps(ctv_pre, preplan_ct)
+    timing["masks"] = time.perf_counter() - t
+
+    # registration: pre-plan (fixed) -> post-implant (moving), around the CTV
+    t = time.perf_counter()
+    if registration is None:
+        say("registering the pre-plan CT to the post-implant CT")
+        centre = corners_pre.mean(0)
+        half = float(np.max(np.abs(corners_pre - centre))) + 30.0
+        registration = register_rigid(preplan_ct, post_ct, region_mm=(centre, half))
+    pre_to_post = registration.fixed_to_moving
+    post_to_pre = np.linalg.inv(pre_to_post)
+    timing["registration"] = time.perf_counter() - t
+
+    # seeds
+    t = time.perf_counter()
+    say("finding the seeds")
+    planned = plan.seed_positions_mm()
+    planned_post = _apply(pre_to_post, planned) if len(planned) else planned
+    planned_axes_post = plan.seed_axes() @ pre_to_post[:3, :3].T if len(planned) else None
+    expected = o.expected_seeds if o.expected_seeds is not None else (len(planned) or None)
+    corners_post = _apply(pre_to_post, corners_pre)
+    roi = _search_roi(post_ct, corners_post, o.search_margin_mm)
+    found = find_seeds(post_ct, expected=expected, planned_mm=planned_post, planned_axes=planned_axes_post,
+                       settings=o.seed_finding, roi_mask=roi)
+    warnings += found.warnings
+    seeds_mm, axes = found.positions_mm, found.axes
+    timing["seed_finding"] = found.seconds
+
+    # dose grid over the mapped CTV, masks resampled onto it
+    t = time.perf_counter()
+    say(f"dose of {len(seeds_mm)} seeds")
+    grid = dose_grid_over(corners_post, post_ct, o.grid_mm, o.grid_margin_mm, o.max_dose_voxels)
+    mapped = resample_masks({"__ctv__": ctv_pre, **oars_pre}, preplan_ct, grid, post_to_pre)
+    ctv_w = mapped.pop("__ctv__")
+    oar_w = {n: w for n, w in mapped.items() if w.sum() > 0}
+    sk = float(plan.seed_sk_u)
+    dose = grid.with_array(dose_on_grid(grid, seeds_mm, axes, sk, model))
+    metrics = dvh.plan_metrics(dose, ctv_w, oar_w, rx)
+    timing["dose_and_metrics"] = time.perf_counter() - t
+
+    # cold spots
+    ctv_mask = ctv_w >= 0.5
+    cold = find_cold_spots(dose.array, ctv_mask, grid, rx, o.cold_spot_min_cc)
+
+    # supplementary seeds
+    t = time.perf_counter()
+    say("proposing supplementary seeds")
+    proposal, extra_mm, extra_axes, t_sup = _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post,
+                                                        post_to_pre, grid, dose, ctv_mask, oar_w, seeds_mm, sk,
+                                                        model, rx, o)
+    timing.update(t_sup)
+    if len(extra_mm):
+        dose_sup = grid.with_array(dose_on_grid(grid, np.vstack([seeds_mm, extra_mm]),
+                                                np.vstack([axes, extra_axes]), sk, model))
+    else:
+        dose_sup = dose
+    predicted = dvh.plan_metrics(dose_sup, ctv_w, oar_w, rx)
+    timing["supplement_total"] = time.perf_counter() - t
+
+    # the plan's own dose on the pre-plan CTV, for the DVH comparison
+    pre_grid = dose_grid_over(corners_pre, preplan_ct, o.grid_mm, 2.0, o.max_dose_voxels)
+    pre_w = resample_mask(ctv_pre, preplan_ct, pre_grid, np.eye(4))
+    pre_dose = dose_on_grid(pre_grid, planned, plan.seed_axes(), sk, model) if len(planned) else \
+        np.zeros(pre_grid.array.shape, np.float32)
+    pre_dvh = dvh.DVH.from_dose(pre_dose, pre_w, pre_grid.voxel_volume_cc)
+    preplan_metrics = plan.metrics or dvh.plan_metrics(pre_grid.with_array(pre_dose), pre_w, {}, rx)
+
+    if metrics["D90_gy"] < rx:
+        warnings.append(f"delivered D90 {metrics['D90_gy']:.1f} Gy is below the prescription {rx:.1f} Gy; "
+                        f"{len(proposal.seeds)} supplementary seed(s) proposed")
+    if found.missing:
+        warnings.append(f"{found.missing} seed(s) of the {expected} expected were not found in the scan")
+
+    comparison = _comparison(len(planned), preplan_metrics, len(seeds_mm), metrics,
+                             len(seeds_mm) + len(extra_mm), predicted)
+    result = {
+        "frame_of_reference_uid": post_ct.frame_of_reference_uid,
+        "ct_series_uid": post_ct.series_uid,
+        "prescription_gy": rx,
+        "seed_model": plan.seed_model,
+        "seed_sk_u": sk,
+        "seeds": [s.to_dict() for s in found.seeds],
+        "expected_seeds": expected,
+        "metrics": metrics,
+        "preplan_metrics": preplan_metrics,
+        "cold_spots": [c.to_dict() for c in cold.spots],
+        "supplementary": {**proposal.to_dict(), "predicted_metrics": predicted},
+        "cold_spot_threshold_cc": cold.min_volume_cc,
+        "cold_spot_summary": cold.to_dict(),
+        "warnings": warnings,
+        "migrated": found.migrated,
+        "missing": found.missing,
+        "unmatched_planned_seeds": [plan.seeds[j].id for j in found.unmatched_planned],
+        "seed_finding": {"blobs": found.blobs, "seed_integral_hu_cc": round(found.seed_integral_hu_cc, 3),
+                         "settings": dict(o.seed_finding.__dict__), "seconds": round(found.seconds, 3),
+                         "axis_from_needle": sum(s.axis_source == "needle" for s in found.seeds)},
+        "comparison": comparison,
+        "registration": registration.to_json(),
+        "dose_grid": {"spacing_mm": grid.spacing_mm.tolist(), "shape_ijk": list(grid.shape_ijk),
+                      "origin_mm": _r3(grid.origin_mm)},
+        "timing_s": {k: round(v, 3) for k, v in timing.items()},
+        "seconds": round(time.perf_counter() - t_all, 3),
+    }
+    return PostimplantResult(result=result, dose=dose, dose_supplemented=dose_sup, ctv_weights=ctv_w,
+                             oar_weights=oar_w, cold_masks=[c.mask for c in cold.spots], preplan_dvh=pre_dvh,
+                             seeds_mm=seeds_mm, seed_axes=axes, supplementary_mm=extra_mm)
+
+
+def _search_roi(ct: Volume, corners_lps: np.ndarray, margin_mm: float) -> np.ndarray:
+    ijk = ct.lps_to_ijk(corners_lps)
+    m = margin_mm / ct.spacing_mm
+    lo = np.maximum(np.floor(ijk.min(0) - m).astype(int), 0)
+    hi = np.minimum(np.ceil(ijk.max(0) + m).astype(int) + 1, np.array(ct.shape_ijk))
+    roi = np.zeros(ct.array.shape, bool)
+    roi[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = True
+    return roi
+
+
+def _comparison(n_pre, pre, n_post, post, n_sup, sup) -> list[dict]:
+    rows = []
+    for label, key, unit in COMPARISON_KEYS:
+        if key == "seeds":
+            vals = (n_pre, n_post, n_sup)
+        else:
+            vals = tuple(None if m.get(key) is None else round(float(m[key]), 3) for m in (pre, post, sup))
+        rows.append({"quantity": label, "unit": unit, "preplan": vals[0], "postimplant": vals[1],
+                     "with_supplementary": vals[2]})
+    return rows
+
+
+def _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post, post_to_pre, grid, dose, ctv_mask, oar_w,
+                seeds_mm, sk, model, rx, o: PostimplantOptions):
+    from navigator.core.template import GuideTemplate
+
+    s = o.supplement
+    t0 = time.perf_counter()
+    # the masks for the paths on a crop of the pre-plan CT: a path leaving the crop inside the body is refused
+    sub, sl = _crop(preplan_ct, corners_pre, min(s.max_path_mm, 70.0))
+    body = targets.body_mask(sub)
+    skin = targets.skin_depth_mm(body, sub)
+    nogo, _ = targets.nogo_mask(sub, body, {n: m[sl] for n, m in oars_pre.items()}, clearance_mm=2.0)
+    fld = NeedleField(grid=sub, body=body, skin_depth_mm=skin, nogo=nogo, post_to_field=post_to_pre)
+
+    t_masks = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cands = []
+    tpl = None
+    if plan.extra.get("template"):
+        try:
+            tpl = GuideTemplate.from_dict(plan.extra["template"])
+        except (KeyError, TypeError, ValueError, InputError):
+            tpl = None
+    if tpl is not None:
+        cands += template_candidates(tpl, pre_to_post, grid, ctv_mask, fld, s)
+        main_dir = pre_to_post[:3, :3] @ tpl.normal_lps
+    elif plan.needles:
+        a = np.mean([n.axis for n in plan.needles], axis=0)
+        main_dir = pre_to_post[:3, :3] @ (a / np.linalg.norm(a))
+    else:
+        main_dir = np.array([0.0, 1.0, 0.0])   # anterior: the usual CT-guided approach
+    lattice = ctv_lattice(grid, ctv_mask, s.step_mm)
+    free = freehand_candidates(lattice, tilted_directions(main_dir, s.tilts_deg), fld, s)
+    if cands and free:
+        tp = np.array([c.position_mm for c in cands])
+        free = [c for c in free if np.linalg.norm(tp - c.position_mm, axis=1).min() > 0.5 * s.step_mm]
+    cands += free
+
+    rng = np.random.default_rng(0)
+    kk, jj, ii = np.nonzero(ctv_mask)
+    idx = np.arange(len(kk))
+    if len(idx) > o.max_ctv_points:
+        idx = rng.choice(idx, o.max_ctv_points, replace=False)
+    ctv_pts = grid.ijk_to_lps(np.stack([ii[idx], jj[idx], kk[idx]], axis=1))
+    ctv_d = dose.array[kk[idx], jj[idx], ii[idx]]
+    limits = plan.extra.get("oar_limits") or {}
+    oars = {}
+    for n, w in oar_w.items():
+        k2, j2, i2 = np.nonzero(w >= 0.5)
+        if not len(k2):
+            continue
+        sel = np.arange(len(k2))
+        if len(sel) > o.max_oar_points:
+            sel = rng.choice(sel, o.max_oar_points, replace=False)
+        lim = (limits.get(n) or {}).get("D0.1cc_gy") or targets.oar_limit(n, rx)["D0.1cc_gy"]
+        oars[n] = {"points_mm": grid.ijk_to_lps(np.stack([i2[sel], j2[sel], k2[sel]], axis=1)),
+                   "dose_gy": dose.array[k2[sel], j2[sel], i2[sel]], "limit_gy": float(lim),
+                   "point_cc": len(k2) * grid.voxel_volume_cc / len(sel)}
+    t_cand = time.perf_counter() - t0
+    prop = propose_supplementary(ctv_pts, ctv_d, cands, seeds_mm, sk, model, rx, oars, s)
+    extra = np.array([c.position_mm for c in prop.seeds]).reshape(-1, 3)
+    extra_axes = np.array([c.direction for c in prop.seeds]).reshape(-1, 3)
+    times = {"supplement_masks": t_masks, "supplement_candidates": t_cand, "supplement_selection": prop.seconds,
+             "supplement_proposal": t_cand + prop.seconds}
+    return prop, extra, extra_axes, times

@@ -1,0 +1,556 @@
+"""The full rehearsal: a whole simulated procedure on a synthetic patient (``navigator rehearse``).
+
+Pre-plan -> reference needles (insert, scan, register, check, correct)* -> all needles (same loop) -> seed
+delivery through the applicator over a real byte stream -> post-implant scan and evaluation ->
+supplementary seeds (plan, deliver, rescan)* -> report.
+
+Two worlds meet here and are kept apart:
+- the *simulated world* (``simulators.phantoms``): where the needles and seeds really are, in the patient's
+  anatomy, which is the pre-plan CT's frame (``preplan`` LPS). Only the operator model and the scanner see it.
+- the *navigator's view*: what the product measures from the DICOM it is given (scans written to disk and read
+  back), exactly as in the CT suite.
+
+Every step is journaled through ``navigator.session.controller.Session``; each step's random draws come from a generator
+seeded by (``--seed``, step name), so a resumed rehearsal (after SIGKILL) redraws the same world and skips
+what the journal says is done. Delivery resumes from its seed ledger after reconciling the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from navigator.errors import InputError
+from navigator.core.plan import Needle, Plan, PlannedSeed
+from navigator.session.controller import Session, State
+
+DEFAULT_RX_GY = 120.0
+DEFAULT_ACTIVITY_MCI = 0.5
+DEFAULT_MODEL = "6711"
+
+
+@dataclass
+class RehearsalOptions:
+    out: Path
+    case: str = "neck"
+    seed: int = 0
+    device_url: str | None = None
+    rx_gy: float = DEFAULT_RX_GY
+    seed_model: str = DEFAULT_MODEL
+    activity_mci: float = DEFAULT_ACTIVITY_MCI
+    tolerance_mm: float = 2.0
+    # Needle placement error of a trained operator through a template (per axis, 1 SD); corrections after
+    # advice are more careful.
+    # (1 SD per axis: ~1.8 mm RMS tip error on a 6 cm needle, so about a third of first insertions need a
+    # correction, as in CT-guided series).
+    lateral_sd_mm: float = 0.8
+    depth_sd_mm: float = 1.0
+    angle_sd_deg: float = 0.7
+    correction_scale: float = 0.35
+    max_needle_rounds: int = 3
+    reference_needles: int = 3
+    seed_drop_sd_mm: float = 0.7   # where a released seed settles along the track, vs the planned depth
+    max_supplement_rounds: int = 2
+    # Rehearse an abandoned needle (bleeding, a vessel in the way): the operator leaves out this many of the
+    # needles carrying the most seeds, which leaves a cold region for the supplementary-seed loop.
+    skip_needles: int = 0
+    progress: object = None
+
+
+def _rng(seed: int, *step) -> np.random.Generator:
+    """A generator per (seed, step...): the same draws whether the run is fresh or resumed."""
+    key = [int(seed)] + [zlib.crc32(str(s).encode()) for s in step]
+    return np.random.default_rng(key)
+
+
+class RehearsalStepFailed(InputError):
+    """A step of the rehearsal could not be done (its own command said why)."""
+
+
+class Rehearsal:
+    def __init__(self, opts: RehearsalOptions):
+        self.o = opts
+        self.out = Path(opts.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.session = Session.open(self.out / "session.jsonl")
+        self.timings: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+        self._say = opts.progress or (lambda msg: None)
+        self._sim_proc = None
+
+    # --- helpers -------------------------------------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        self._say(msg)
+
+    def _timed(self, name: str, fn):
+        t = time.perf_counter()
+        result = fn()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+        return result
+
+    def _done(self, name: str):
+        return self.session.step_done(name)
+
+    # --- the world ----------------------------------------------------------------------------------------
+    def patient(self):
+        from simulators.phantoms import make_patient
+
+        if not hasattr(self, "_patient"):
+            self._patient = make_patient(self.o.case, self.o.seed)
+        return self._patient
+
+    def motion(self, name: str):
+        """The patient's pose in a later scan: rigid (up to 10 mm, 5 degrees between scans in the suite) and a
+        small smooth deformation around the node, drawn per scan name."""
+        from simulators.phantoms.motion import Motion, random_deformation, random_rigid
+
+        p = self.patient()
+        rng = _rng(self.o.seed, "motion", name)
+        rigid = random_rigid(rng, max_translation_mm=10.0, max_rotation_deg=5.0, center_mm=p.node_center_mm)
+        # the patient lies still under the template between scans: soft tissue shifts by well under a mm
+        deform = random_deformation(rng, p.node_center_mm, radius_mm=50.0, max_displacement_mm=0.5)
+        return Motion(rigid, deform)
+
+    # --- step runner ---------------------------------------------------------------------------------------
+    def step(self, name: str, fn):
+        """Run ``fn() -> dict`` once: a journaled result means the step was done (resume skips it)."""
+        done = self._done(name)
+        if done is not None:
+            return done
+        self.say(f"{name} ...")
+        t = time.perf_counter()
+        result = fn()
+        result = dict(result)
+        result["seconds"] = round(time.perf_counter() - t, 3)
+        self.session.complete_step(name, result)
+        self.timings[name] = result["seconds"]
+        return result
+
+    # --- 1. the patient and the pre-plan ---------------------------------------------------------------------
+    def write_case(self) -> dict:
+        from simulators.phantoms.writer import write_patient
+
+        written = write_patient(self.patient(), self.out / "case")
+        return {"ct_dir": str(written.ct_dir), "rtstruct": str(written.rtstruct_path),
+                "truth": str(written.truth_path), "case": self.o.case}
+
+    def make_plan(self, case: dict) -> dict:
+        """`navigator plan` on the case's DICOM, exactly as a physicist would run it."""
+        out = self.out / "plan"
+        rc = self.navigator("plan", "--ct", case["ct_dir"], "--structures", case["rtstruct"], "--target", "GTV",
+                            "--rx-gy", self.o.rx_gy, "--seed-model", self.o.seed_model,
+                            "--seed-activity-mci", self.o.activity_mci, "--out", out, ok=(0, 3))
+        plan = json.loads((out / "plan.json").read_text())
+        return {"plan_json": str(out / "plan.json"), "seeds": len(plan["seeds"]), "needles": len(plan["needles"]),
+                "metrics": plan["metrics"], "goals_met": rc == 0}
+
+    def navigator(self, command: str, *args, ok=(0,)) -> int:
+        """Run a `navigator` command in this process (the product's own entry point, its JSON on disk)."""
+        import contextlib
+        import io
+
+        from navigator.cli import main
+
+        argv = [command, *(str(a) for a in args)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = main(argv)
+        if rc not in ok:
+            raise RehearsalStepFailed(f"`navigator {' '.join(argv)}` exited {rc}; see its message above")
+        return rc
+
+    def _sk_u(self) -> float:
+        from navigator.physics.tg43 import sk_u_from
+
+        return sk_u_from(activity_mci=self.o.activity_mci)
+
+    # --- 2-3. needles: insert, scan, register, check, correct ------------------------------------------------
+    def _needle_draws(self, plan: Plan, scan: str, rnd: int, previous: dict, to_redraw: list[str]) -> dict:
+        """Where the operator's needles really are (pre-plan anatomy frame), {needle_id: [entry, tip]}."""
+        from simulators.phantoms.needles import NeedleErrorModel, draw_needles
+
+        scale = 1.0 if rnd == 1 else self.o.correction_scale
+        model = NeedleErrorModel(self.o.lateral_sd_mm * scale, self.o.depth_sd_mm * scale,
+                                 self.o.angle_sd_deg * scale)
+        rng = _rng(self.o.seed, "needles", scan, rnd)
+        ids = [n.id for n in plan.needles if n.id in to_redraw]
+        planned = [(plan.needle(i).entry_mm, plan.needle(i).tip_mm) for i in ids]
+        draws = draw_needles(planned, model, rng) if planned else []
+        actual = dict(previous)
+        for i, d in zip(ids, draws):
+            actual[i] = [d.entry_mm.tolist(), d.tip_mm.tolist()]
+        return actual
+
+    def needle_loop(self, plan: Plan, scan: str, needle_ids: list[str], actual: dict) -> tuple[dict, list[dict]]:
+        """Scan -> check -> correct until every needle of ``needle_ids`` is within tolerance (or accepted)."""
+        rounds = []
+        to_redraw = [i for i in needle_ids if i not in actual]
+        for rnd in range(1, self.o.max_needle_rounds + 1):
+            name = f"needles_{scan}_{rnd}"
+
+            def do_round(rnd=rnd, to_redraw=tuple(to_redraw), actual=dict(actual)):
+                now = self._needle_draws(plan, scan, rnd, actual, list(to_redraw))
+                world = {i: now[i] for i in needle_ids}
+                checked = self.check_scan(plan, name, world)
+                return {"actual": now, "needles": checked["needles"], "registration": checked["registration"],
+                        "dir": checked["dir"]}
+
+            result = self.step(name, do_round)
+            actual = result["actual"]
+            rounds.append(result)
+            if self.session.state == State.PREPLAN_LOADED:
+                self.session.accept_registration(result["registration"])
+            check = self._journal_check(scan, rnd, result["needles"])
+            out = [n["id"] for n in result["needles"] if not n["within_tolerance"]]
+            self.say(f"{scan} needles, round {rnd}: {len(result['needles'])} checked, {len(out)} out of tolerance")
+            if not out:
+                break
+            if rnd == self.o.max_needle_rounds:
+                for nid in out:
+                    if nid not in check.accepted:
+                        self.session.operator_override(nid, f"accepted after {rnd} insertions (rehearsal operator)")
+                break
+            to_redraw = out  # the operator re-inserts what the advice says, more carefully
+        # Only the transition this scan has not made yet: a run resumed after the reference needles were
+        # checked goes through the (journaled) reference loop again and must not re-enter that state.
+        before = (State.REGISTERED,) if scan == "reference" else (State.REGISTERED, State.REFERENCE_NEEDLES_CHECKED)
+        if self.session.state in before:
+            self.session.needles_checked(scan)
+        return actual, rounds
+
+    def _journal_check(self, scan: str, rnd: int, needles: list[dict]):
+        """Journal the needle check once (a resumed run finds it in the facts)."""
+        key = f"check_journaled_{scan}_{rnd}"
+        if self._done(key) is None:
+            check = self.session.needle_check(scan, needles)
+            self.session.complete_step(key, {})
+            return check
+        checks = [c for c in self.session.facts.needle_checks if c.scan == scan]
+        return checks[-1]
+
+    def check_scan(self, plan: Plan, name: str, world_needles: dict, max_scans: int = 3) -> dict:
+        """Render the intraop CT with the real needles, write it as DICOM, and check it with `navigator needles`.
+
+        When the navigator refuses the scan's registration (its own error estimate too large), the operator
+        rescans, as in the CT suite: up to ``max_scans`` scans, each journaled."""
+        from simulators.phantoms.cases import intraop_scan
+        from simulators.phantoms.writer import write_scan
+
+        p = self.patient()
+        pairs = [(np.array(e), np.array(t)) for e, t in world_needles.values()]
+        for attempt in range(1, max_scans + 1):
+            scan_dir = self.out / "intraop" / (name if attempt == 1 else f"{name}_rescan{attempt - 1}")
+            rng = _rng(self.o.seed, "scan", name, *(() if attempt == 1 else (attempt,)))
+            vol = intraop_scan(p, pairs, motion=self.motion(name), rng=rng)
+            ct_dir = write_scan(vol, scan_dir)
+            # Only the needles inserted so far are looked for; each one's D90 change is judged against the
+            # whole planned implant (the seeds it will join), not against the few needles already in.
+            rc = self.navigator("needles", "--plan", self.out / "plan" / "plan.json",
+                                "--needles", ",".join(world_needles), "--preplan-ct", self.case["ct_dir"],
+                                "--ct", ct_dir, "--structures", self.out / "plan" / "RTSTRUCT.dcm",
+                                "--tolerance-mm", self.o.tolerance_mm, "--out", scan_dir, ok=(0, 2, 3))
+            if rc != 2:
+                break
+            refused = scan_dir / "registration.json"
+            if not refused.exists() or attempt == max_scans:
+                raise RehearsalStepFailed(f"`navigator needles` refused the scan {scan_dir} (exit 2); see its "
+                                          "message above")
+            self.session.record("rescan", {"scan": name, "attempt": attempt,
+                                           "reason": "registration refused",
+                                           "registration": json.loads(refused.read_text())})
+            self.say(f"{name}: registration refused, the operator rescans")
+        result = json.loads((scan_dir / "needles.json").read_text())
+        return {"needles": result["needles"], "registration": result["registration"], "dir": str(scan_dir)}
+
+    # --- 4. seed delivery -------------------------------------------------------------------------------------
+    def device_url(self) -> str:
+        """The applicator: ``--device`` if given, else the simulator as a separate process over TCP (started
+        once per rehearsal folder and journaled, so a resumed rehearsal finds the same device)."""
+        if self.o.device_url:
+            return self.o.device_url
+        started = self._done("device_started")
+        if started is not None and _alive(started["pid"]):
+            return started["url"]
+        proc = subprocess.Popen([sys.executable, "-m", "simulators.applicator", "--listen", "127.0.0.1:0",
+                                 "--seeds", "500", "--seed", str(self.o.seed)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                start_new_session=True)  # outlives a killed rehearsal, like a real device
+        line = proc.stdout.readline().strip()
+        if not line.startswith("LISTENING "):
+            raise InputError(f"the simulated applicator did not start (said {line!r})")
+        url = line.split(" ", 1)[1]
+        self._sim_proc = proc
+        if started is not None:
+            self.session.record("device_restarted", {"url": url, "pid": proc.pid})
+        self.session.facts.steps_done.pop("device_started", None)
+        self.session.complete_step("device_started", {"url": url, "pid": proc.pid})
+        return url
+
+    def deliver(self, plan_path: Path, name: str) -> dict:
+        from navigator.delivery.run import Delivery
+        from navigator.delivery.ledger import SeedLedger
+        from navigator.wiring import open_applicator
+
+        plan = Plan.load(plan_path)
+        url = self.device_url()
+        journal = self.session.journal
+        ledger = SeedLedger(self.out / f"{name}.ledger.jsonl")
+        app = open_applicator(url, traffic=lambda kind, text: journal.append(kind, {"text": text}))
+        try:
+            result = Delivery(plan, app, ledger, journal=journal.append, simulate_operator=True,
+                              progress=self.say).run()
+        finally:
+            app.close()
+            ledger.close()
+        data = result.to_json()
+        from navigator.commands._common import write_json
+
+        (self.out / name).mkdir(exist_ok=True)
+        write_json(self.out / name / "delivery.json", data)
+        if not result.ok:
+            from navigator.errors import DeliveryError
+
+            raise DeliveryError(f"{name}: delivery stopped ({result.stopped_reason or 'not reconciled'}); "
+                                f"the ledger {ledger.path} says what left the applicator; resume to continue")
+        return data
+
+    def delivery_plan(self, plan_path: Path) -> Path:
+        """The plan to deliver: the pre-plan, less any needles the operator abandons (``skip_needles``), with
+        an ``X<n>`` label for each needle placed without the template (``hole`` null, e.g. the planner's single
+        needles), as the supplementary needles get: the applicator needs a hole id for every needle."""
+        freehand = [n.id for n in Plan.load(plan_path).needles if not n.hole]
+        if self.o.skip_needles <= 0 and not freehand:
+            return plan_path
+        path = self.out / "delivery" / "plan_delivered.json"
+        if path.exists():
+            return path
+        plan = Plan.load(plan_path)
+        used = {n.hole for n in plan.needles if n.hole}
+        labels = (f"X{k}" for k in range(1, 100) if f"X{k}" not in used)
+        for n in plan.needles:
+            if not n.hole:
+                n.hole = next(labels)
+        plan.extra["freehand_needles"] = {n.id: n.hole for n in plan.needles if n.id in freehand}
+        count = {n.id: len(plan.seeds_of(n.id)) for n in plan.needles}
+        dropped = sorted(count, key=lambda i: (-count[i], i))[: self.o.skip_needles]
+        if dropped:
+            self.session.record("operator_abandons_needles", {"needles": dropped,
+                                                              "seeds": sum(count[i] for i in dropped)})
+        plan.needles = [n for n in plan.needles if n.id not in dropped]
+        plan.seeds = [s for s in plan.seeds if s.needle_id not in dropped]
+        plan.extra["abandoned_needles"] = dropped
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        plan.save(tmp)
+        tmp.replace(path)
+        return path
+
+    def seeds_in_world(self, plan: Plan, actual_needles: dict, delivery: dict, name: str) -> np.ndarray:
+        """Where each released seed really settled (pre-plan anatomy frame): on the real needle, the planned
+        distance back from its real tip, plus a small drop along the track."""
+        rng = _rng(self.o.seed, "seed_drop", name)
+        out = []
+        released = {s["seed_id"] for s in delivery["seeds"]}
+        for s in plan.seeds:
+            if s.id not in released:
+                continue
+            needle = plan.needle(s.needle_id)
+            back_mm = needle.length_mm - needle.depth_of(s.position_mm)
+            entry, tip = (np.array(v) for v in actual_needles.get(s.needle_id, (needle.entry_mm, needle.tip_mm)))
+            u = (tip - entry) / np.linalg.norm(tip - entry)
+            out.append(tip - (back_mm + rng.normal(scale=self.o.seed_drop_sd_mm)) * u)
+        return np.array(out).reshape(-1, 3)
+
+    # --- 5. post-implant scan and evaluation ---------------------------------------------------------------
+    def postimplant(self, name: str, seeds_world: np.ndarray, axes_world: np.ndarray, plan_path: Path) -> dict:
+        """Render the post-implant CT with the seeds where they really are; the navigator evaluates it."""
+        from simulators.phantoms.cases import postimplant_scan
+        from simulators.phantoms.writer import write_scan
+
+        p = self.patient()
+        scan_dir = self.out / name
+        vol = postimplant_scan(p, seeds_world, axes_world, motion=self.motion(name),
+                               rng=_rng(self.o.seed, "scan", name))
+        ct_dir = write_scan(vol, scan_dir)
+        self.navigator("postimplant", "--plan", plan_path, "--preplan-ct", self.case["ct_dir"], "--ct", ct_dir,
+                       "--expected-seeds", len(seeds_world), "--out", scan_dir)
+        result = json.loads((scan_dir / "postimplant.json").read_text())
+        return {"dir": str(scan_dir), "result": _summary_of_postimplant(result), "truth_seeds": len(seeds_world)}
+
+    # --- 6. supplementary seeds ----------------------------------------------------------------------------
+    def supplement_plan(self, name: str, post: dict, post_plan_frame: str) -> Plan | None:
+        """The proposal as a deliverable plan: one needle per proposed seed (hole from the proposal, or an
+        ``X<n>`` label for a freehand needle), seed 5 mm short of the needle's tip."""
+        proposal = post["result"]["supplementary"]["seeds"]
+        if not proposal:
+            return None
+        needles, seeds = [], []
+        for n, s in enumerate(proposal, start=1):
+            pos = np.array(s["position_mm"], float)
+            entry = np.array(s["entry_mm"], float)
+            u = (pos - entry) / np.linalg.norm(pos - entry)
+            hole = s.get("hole") or f"X{n}"
+            needles.append(Needle(id=f"S{n:02d}", entry_mm=entry, tip_mm=pos + 5.0 * u, hole=hole))
+            seeds.append(PlannedSeed(id=f"{name}-{n:02d}", needle_id=f"S{n:02d}", position_mm=pos))
+        base = self.plan_obj
+        return Plan(frame_of_reference_uid=post_plan_frame, ct_series_uid="", target=base.target,
+                    prescription_gy=base.prescription_gy, seed_model=base.seed_model, seed_sk_u=base.seed_sk_u,
+                    needles=needles, seeds=seeds, extra={"supplementary_for": name})
+
+    def supplementary_world(self, post_name: str, splan: Plan, delivery: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Where the supplementary seeds really went (pre-plan anatomy frame) and their axes: the navigator's
+        target point in the post-implant scan, carried into the anatomy by the scan's true motion, plus a
+        placement error (1 mm SD per axis)."""
+        from simulators.phantoms.motion import Motion
+
+        truth = json.loads((self.out / post_name / "truth.json").read_text())
+        motion = Motion.from_dict(truth["motion"])
+        released = {s["seed_id"] for s in delivery["seeds"]}
+        rng = _rng(self.o.seed, "supplement_error", post_name)
+        seeds = [s for s in splan.seeds if s.id in released]
+        if not seeds:
+            return np.zeros((0, 3)), np.zeros((0, 3))
+        anat = motion.scan_to_preplan(np.array([s.position_mm for s in seeds]))
+        # rotate the needle axes back by the rigid part: R^T u
+        axes = np.array([splan.needle(s.needle_id).axis for s in seeds]) @ motion.rigid_preplan_to_scan[:3, :3]
+        return anat + rng.normal(scale=1.0, size=anat.shape), axes
+
+    # --- the whole procedure -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        t_start = time.perf_counter()
+        self.case = self.step("case", self.write_case)
+        plan_summary = self.step("plan", lambda: self.make_plan(self.case))
+        plan_path = Path(plan_summary["plan_json"])
+        self.plan_obj = Plan.load(plan_path)
+        if self.session.state == State.NEW:
+            self.session.load_preplan(str(plan_path), {k: plan_summary.get(k) for k in ("seeds", "needles")})
+
+        # reference needles: the ones closest to the target's centre
+        centre = self.plan_obj.seed_positions_mm().mean(axis=0)
+        by_dist = sorted(self.plan_obj.needles, key=lambda n: np.linalg.norm(
+            (n.tip_mm - centre) - np.dot(n.tip_mm - centre, n.axis) * n.axis))
+        ref_ids = [n.id for n in by_dist[: self.o.reference_needles]]
+        actual, ref_rounds = self.needle_loop(self.plan_obj, "reference", ref_ids, {})
+        all_ids = [n.id for n in self.plan_obj.needles]
+        actual, all_rounds = self.needle_loop(self.plan_obj, "all", all_ids, actual)
+
+        delivery_plan = self.delivery_plan(plan_path)
+        delivery = self.step("delivery", lambda: self.deliver(delivery_plan, "delivery"))
+        if self.session.state == State.ALL_NEEDLES_CHECKED:
+            self.session.seeds_delivered(delivery)
+        seeds_world = self.seeds_in_world(self.plan_obj, actual, delivery, "delivery")
+        axes_world = np.array([np.subtract(*actual[s.needle_id][::-1]) for s in self.plan_obj.seeds
+                               if s.id in {d["seed_id"] for d in delivery["seeds"]}]).reshape(-1, 3)
+
+        post = self.step("postimplant_1", lambda: self.postimplant("postimplant_1", seeds_world, axes_world,
+                                                                    plan_path))
+        if self.session.state == State.SEEDS_DELIVERED:
+            self.session.postimplant_evaluated(post["result"]["summary"])
+        first_post = post
+        supplementary = 0
+        for rnd in range(1, self.o.max_supplement_rounds + 1):
+            post_name = f"postimplant_{rnd}"
+            res = post["result"]
+            if res["metrics"]["D90_gy"] >= self.o.rx_gy or not res["supplementary"]["seeds"]:
+                break
+            frame = json.loads((self.out / post_name / "truth.json").read_text())["frame_of_reference_uid"]
+            splan = self.supplement_plan(f"supplement_{rnd}", post, frame)
+            splan_path = self.out / f"supplement_{rnd}" / "plan.json"
+            splan_path.parent.mkdir(exist_ok=True)
+            if not splan_path.exists():
+                splan.save(splan_path)
+            sdelivery = self.step(f"supplement_{rnd}", lambda: self.deliver(splan_path, f"supplement_{rnd}"))
+            if self.session.state == State.POSTIMPLANT_EVALUATED:
+                self.session.supplement_delivered(sdelivery)
+            supplementary += sdelivery["released"]
+            extra, extra_axes = self.supplementary_world(post_name, splan, sdelivery)
+            seeds_world = np.vstack([seeds_world, extra])
+            axes_world = np.vstack([axes_world, extra_axes])
+            next_name = f"postimplant_{rnd + 1}"
+            post = self.step(next_name, lambda: self.postimplant(next_name, seeds_world, axes_world, plan_path))
+            if self.session.state == State.SUPPLEMENT_DELIVERED:
+                self.session.postimplant_evaluated(post["result"]["summary"])
+
+        result = {
+            "case": self.o.case, "seed": self.o.seed, "prescription_gy": self.o.rx_gy,
+            "preplan_metrics": self.plan_obj.metrics,
+            "postimplant_metrics": first_post["result"]["metrics"],
+            "final_metrics": post["result"]["metrics"],
+            "seeds_planned": len(self.plan_obj.seeds),
+            "seeds_released": delivery["released"],
+            "supplementary_seeds": supplementary,
+            "device_released_total": self._device_total(),
+            "needle_scans": [{"needles": len(r["needles"]),
+                              "out_of_tolerance": sum(not n["within_tolerance"] for n in r["needles"]),
+                              "scan": name, "round": i + 1}
+                             for name, rounds in (("reference", ref_rounds), ("all", all_rounds))
+                             for i, r in enumerate(rounds)],
+            "seconds": None,
+            # beyond the contract
+            "seeds_found_postimplant": first_post["result"]["found"],
+            "timings_s": {k: v.get("seconds") for k, v in self.session.facts.steps_done.items()
+                          if isinstance(v, dict) and "seconds" in v},
+            "out": str(self.out),
+        }
+        if self.session.state != State.CLOSED:
+            self.session.close({k: result[k] for k in ("final_metrics", "seeds_released", "supplementary_seeds")})
+        result["seconds"] = round(sum(v for v in result["timings_s"].values() if v), 1)
+        self.stop_device()
+        return result
+
+    def _device_total(self) -> int | None:
+        """The applicator's own released counter (since its power-up) after the last delivery."""
+        totals = []
+        for name in ["delivery"] + [f"supplement_{r}" for r in range(1, self.o.max_supplement_rounds + 1)]:
+            d = self._done(name)
+            if d is not None:
+                counter = d.get("device_counter")
+                totals.append(counter if counter is not None else d["device_released_total"])
+        return max(totals) if totals else None
+
+    def stop_device(self) -> None:
+        started = self._done("device_started")
+        if started is not None and self.o.device_url is None and _alive(started["pid"]):
+            try:
+                os.killpg(started["pid"], signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self._sim_proc is not None:
+            try:
+                self._sim_proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._sim_proc.kill()
+
+
+def _summary_of_postimplant(result: dict) -> dict:
+    """The parts of postimplant.json the rehearsal keeps in its journal."""
+    return {"metrics": result["metrics"], "found": len(result["seeds"]),
+            "expected": result.get("expected_seeds"),
+            "cold_spots": result.get("cold_spots", [])[:5],
+            "supplementary": result.get("supplementary", {"seeds": [], "predicted_metrics": None}),
+            "summary": {"found": len(result["seeds"]), "D90_gy": result["metrics"].get("D90_gy"),
+                        "V100_pct": result["metrics"].get("V100_pct")},
+            "warnings": result.get("warnings", [])}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child) counts as dead.
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
