@@ -26,9 +26,9 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from navigator.io.dicom.ct import load_ct_series  # noqa: E402
+from navigator.io.dicom import load_ct_series  # noqa: E402
+from navigator.core.structure import Structure  # noqa: E402
 from navigator.anatomy.structures import (  # noqa: E402
-    Structure,
     expand_margin,
     mask_to_contours,
     structure_fraction,

@@ -37,8 +37,8 @@ def _cases(with_sts: bool):
     p = phantoms.make_patient("neck", seed=1, node_diameter_mm=38.5)  # GTV ~30 cc
     yield "neck 38.5 mm node (GTV ~30 cc)", p.ct, p.structures, "GTV"
     if with_sts:
-        from navigator.io.dicom.ct import load_ct_series
-        from navigator.anatomy.structures import read_structure_set
+        from navigator.io.dicom import load_ct_series
+        from navigator.io.dicom import read_structure_set
 
         for case in ("STS_001", "STS_004"):
             d = Path(__file__).resolve().parents[2] / "shared/data/ibsi-sts-ct" / case

@@ -1,4 +1,4 @@
-"""RT Structure Set contours: reading, rasterising onto a grid, margins, and polygons back from a mask.
+"""Structure contours on a grid: rasterising (masks, fractional occupancy), margins, and polygons back from a mask.
 
 Conventions (all geometry LPS mm in the structure's frame of reference):
 
@@ -19,20 +19,14 @@ arrays from here and never needs pydicom.
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from navigator.errors import StructureError
+from navigator.core.structure import Structure
 from navigator.core.volume import Volume
 
 __all__ = [
-    "Structure",
-    "read_structure_set",
-    "get_structure",
     "structure_mask",
     "structure_fraction",
     "expand_margin",
@@ -41,217 +35,6 @@ __all__ = [
     "mask_to_contours",
 ]
 
-# Contour points of one plane may differ in z by rounding in the export (DS strings); more than this is not axial.
-_PLANE_TOL_MM = 0.05
-
-
-@dataclass
-class Structure:
-    """One ROI of a structure set. ``contours``: closed axial polygons, each (N, 3) LPS mm."""
-
-    name: str
-    number: int
-    contours: list = field(default_factory=list)
-    color: tuple | None = None  # ROIDisplayColor (r, g, b) 0-255
-    frame_of_reference_uid: str = ""
-    roi_type: str = ""  # RTROIInterpretedType (GTV, CTV, ORGAN, ...)
-    plane_spacing_mm: float | None = None  # slab thickness of one contour plane; None -> inferred
-    skipped_contours: int = 0  # POINT / OPEN contours and polygons with < 3 points, not used for masks
-
-    def __post_init__(self) -> None:
-        contours = []
-        for n, c in enumerate(self.contours):
-            a = np.asarray(c, dtype=float)
-            if a.ndim != 2 or a.shape[1] != 3 or len(a) < 3 or not np.all(np.isfinite(a)):
-                raise StructureError(
-                    f"structure '{self.name}': contour {n} has shape {a.shape}; a contour is >= 3 finite LPS points "
-                    "(N, 3) in mm"
-                )
-            contours.append(a)
-        self.contours = contours
-
-    def bounds_mm(self) -> tuple[np.ndarray, np.ndarray]:
-        """LPS bounding box (lo, hi) of all contour points, mm, z extended by half the plane spacing."""
-        if not self.contours:
-            raise StructureError(f"structure '{self.name}' has no contours; draw it or choose another structure")
-        pts = np.concatenate(self.contours)
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
-        half = 0.5 * (self._plane_spacing(None) or 0.0)
-        lo[2] -= half
-        hi[2] += half
-        return lo, hi
-
-    # -- planes ------------------------------------------------------------------------------------------
-    def _planes(self) -> tuple[np.ndarray, list[list[np.ndarray]]]:
-        """Contour planes sorted by z: (z_mm (P,), polygons (x, y) mm per plane)."""
-        if not self.contours:
-            return np.zeros(0), []
-        zs = []
-        for n, c in enumerate(self.contours):
-            z = c[:, 2]
-            if float(z.max() - z.min()) > _PLANE_TOL_MM:
-                raise StructureError(
-                    f"structure '{self.name}': contour {n} is not on an axial plane (z from {z.min():.2f} to "
-                    f"{z.max():.2f} mm); only axial contours can be rasterised; redraw it on axial slices"
-                )
-            zs.append(float(z.mean()))
-        zs = np.asarray(zs)
-        order = np.argsort(zs, kind="stable")
-        planes_z: list[float] = []
-        planes: list[list[np.ndarray]] = []
-        for idx in order:
-            if planes_z and zs[idx] - planes_z[-1] <= _PLANE_TOL_MM:
-                planes[-1].append(self.contours[idx][:, :2])
-            else:
-                planes_z.append(zs[idx])
-                planes.append([self.contours[idx][:, :2]])
-        return np.asarray(planes_z), planes
-
-    def _plane_spacing(self, grid: Volume | None) -> float | None:
-        if self.plane_spacing_mm:
-            return float(self.plane_spacing_mm)
-        z, _ = self._planes()
-        if len(z) >= 2:
-            # The most common plane-to-plane step (rounded to 0.01 mm; ties -> the smaller): robust to gaps in the
-            # drawing (which the minimum would also survive) and to a stray near-duplicate plane (which it would not).
-            steps, counts = np.unique(np.round(np.diff(z), 2), return_counts=True)
-            return float(steps[np.argmax(counts)])
-        return float(grid.spacing_mm[2]) if grid is not None else None
-
-
-# --- reading ------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet():
-    # Real exports break VR rules (SH too long, ...); pydicom warns on each access. Checks that matter are explicit.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\..*")
-        yield
-
-
-def _find_rtstruct(path: Path) -> Path:
-    import pydicom
-
-    if not path.exists():
-        raise StructureError(f"structure set {path} does not exist; give the RT Structure Set file (RS*.dcm)")
-    if path.is_file():
-        return path
-    found = []
-    for p in sorted(path.iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality"])
-            except Exception:
-                continue
-            if str(ds.get("Modality", "")) == "RTSTRUCT":
-                found.append(p)
-    if len(found) != 1:
-        raise StructureError(
-            f"folder {path} holds {len(found)} RT Structure Sets ({', '.join(p.name for p in found) or 'none'}); "
-            "give the structure set file itself"
-        )
-    return found[0]
-
-
-def read_structure_set(path, ct: Volume | None = None) -> dict[str, Structure]:
-    """Read an RT Structure Set (file, or a folder holding exactly one) -> {ROI name: Structure}.
-
-    Contours are placed by their patient coordinates (ContourData, LPS mm); ContourImageSequence / SOP Instance
-    UID references are not used (real exports reference UIDs that match nothing). Only CLOSED_PLANAR contours
-    with >= 3 points are kept; others are counted in ``skipped_contours``. A duplicated ROI name gets the key
-    ``"name#number"``.
-
-    With ``ct`` given: every ROI's frame of reference must equal ``ct.frame_of_reference_uid`` (else
-    ``StructureError``), and ``plane_spacing_mm`` is set to the CT slice step.
-    """
-    import pydicom
-
-    path = _find_rtstruct(Path(path))
-    with _quiet():
-        try:
-            ds = pydicom.dcmread(path)
-        except Exception as exc:
-            raise StructureError(
-                f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc}); give the RT Structure Set file"
-            ) from None
-        modality = str(ds.get("Modality", ""))
-        if modality != "RTSTRUCT" or "StructureSetROISequence" not in ds:
-            raise StructureError(
-                f"{path}: modality '{modality}', not an RT Structure Set (RTSTRUCT with StructureSetROISequence); "
-                "give the structure set file (RS*.dcm)"
-            )
-        set_for = ""
-        for item in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
-            set_for = str(item.get("FrameOfReferenceUID", "")) or set_for
-        set_for = set_for or str(ds.get("FrameOfReferenceUID", ""))
-
-        rois = {}
-        for item in ds.StructureSetROISequence:
-            num = int(item.get("ROINumber", -1))
-            rois[num] = (
-                str(item.get("ROIName", f"ROI {num}")).strip(),
-                str(item.get("ReferencedFrameOfReferenceUID", "")) or set_for,
-            )
-        types = {}
-        for item in ds.get("RTROIObservationsSequence", []) or []:
-            types[int(item.get("ReferencedROINumber", -1))] = str(item.get("RTROIInterpretedType", "") or "")
-
-        out: dict[str, Structure] = {}
-        contours_by_roi = {int(rc.get("ReferencedROINumber", -1)): rc for rc in ds.get("ROIContourSequence", [])}
-        for num, (name, for_uid) in rois.items():
-            rc = contours_by_roi.get(num)
-            contours, skipped = [], 0
-            color = None
-            if rc is not None:
-                if "ROIDisplayColor" in rc and len(rc.ROIDisplayColor) == 3:
-                    color = tuple(int(c) for c in rc.ROIDisplayColor)
-                for n, c in enumerate(rc.get("ContourSequence", []) or []):
-                    data = c.get("ContourData", None)
-                    if data is None or len(data) % 3:
-                        raise StructureError(
-                            f"{path}: ROI '{name}' contour {n}: ContourData has {0 if data is None else len(data)} "
-                            "values, not a multiple of 3 (x, y, z mm); the file is damaged; re-export it"
-                        )
-                    pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
-                    if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR" or len(pts) < 3:
-                        skipped += 1
-                        continue
-                    if not np.all(np.isfinite(pts)):
-                        raise StructureError(f"{path}: ROI '{name}' contour {n} has non-finite coordinates")
-                    if len(pts) > 3 and np.allclose(pts[0], pts[-1]):
-                        pts = pts[:-1]  # some exporters repeat the first point; DICOM closes implicitly
-                    contours.append(pts)
-            if ct is not None and for_uid and ct.frame_of_reference_uid and for_uid != ct.frame_of_reference_uid:
-                raise StructureError(
-                    f"{path}: ROI '{name}' is in frame of reference {for_uid} but the CT series {ct.series_uid} "
-                    f"is in {ct.frame_of_reference_uid}; the contours belong to another scan or registration; "
-                    "give the structure set drawn on this CT"
-                )
-            s = Structure(
-                name=name,
-                number=num,
-                contours=contours,
-                color=color,
-                frame_of_reference_uid=for_uid,
-                roi_type=types.get(num, ""),
-                plane_spacing_mm=float(abs(ct.spacing_mm[2])) if ct is not None else None,
-                skipped_contours=skipped,
-            )
-            key = name if name not in out else f"{name}#{num}"
-            out[key] = s
-    return out
-
-
-def get_structure(structures: dict[str, Structure], name: str) -> Structure:
-    """The structure called ``name`` (exact, else unique case-insensitive match); StructureError lists names."""
-    if name in structures:
-        return structures[name]
-    hits = [k for k in structures if k.lower() == name.lower()]
-    if len(hits) == 1:
-        return structures[hits[0]]
-    raise StructureError(
-        f"no structure named '{name}' in the structure set; it holds: {', '.join(sorted(structures)) or 'none'}; "
-        "give one of these names"
-    )
 
 
 # --- rasterising --------------------------------------------------------------------------------------------

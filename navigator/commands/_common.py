@@ -1,4 +1,4 @@
-"""Helpers shared by the subcommands: output folder, JSON writing, seed strength options, progress."""
+"""Helpers shared by the subcommands: output folder, seed strength options, printing results, progress."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from navigator.errors import InputError
+from navigator.io.files import json_default
 
 
 def add_strength_options(parser, prefix: str = "--seed-") -> None:
@@ -33,27 +32,10 @@ def out_dir(args) -> Path:
     return p
 
 
-def _default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a result."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_default))
-    tmp.replace(path)
-
-
 def emit(args, data: dict, summary: str) -> None:
     """Print the JSON (``--json``) or the short human summary."""
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(data, indent=2, default=_default) + "\n")
+        sys.stdout.write(json.dumps(data, indent=2, default=json_default) + "\n")
     else:
         sys.stdout.write(summary.rstrip() + "\n")
 

@@ -17,7 +17,8 @@ from navigator.session.journal import Journal
 from navigator.delivery.ledger import SeedLedger
 from navigator.core.plan import Plan
 from navigator.wiring import open_applicator
-from navigator.commands._common import Progress, emit, write_json
+from navigator.commands._common import Progress, emit
+from navigator.io import write_json
 
 
 def add_arguments(parser) -> None:

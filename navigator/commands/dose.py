@@ -23,7 +23,8 @@ from navigator.physics import dose as dose_engine
 from navigator.physics import dvh, tg43
 from navigator.errors import InputError
 from navigator.core.volume import Volume, grid_volume
-from navigator.commands._common import Progress, add_output_options, add_strength_options, emit, out_dir, write_json
+from navigator.commands._common import Progress, add_output_options, add_strength_options, emit, out_dir
+from navigator.io import write_json
 
 GRID_MARGIN_MM = 20.0
 MAX_VOXELS = 6e7  # ~0.5 GB of float64 work arrays
@@ -95,7 +96,7 @@ def read_seed_csv(path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _dose_grid(args, seeds_mm) -> tuple[Volume, Volume | None]:
     if args.ct:
-        from navigator.io.dicom.ct import load_ct_series
+        from navigator.io.dicom import load_ct_series
 
         ct = load_ct_series(args.ct)
         grid = Volume(array=np.zeros(ct.array.shape, np.float32), origin_mm=ct.origin_mm, spacing_mm=ct.spacing_mm,
@@ -122,7 +123,9 @@ def _dose_grid(args, seeds_mm) -> tuple[Volume, Volume | None]:
 
 
 def _metrics(args, dose_vol: Volume, ct: Volume) -> dict:
-    from navigator.anatomy.structures import get_structure, read_structure_set, structure_fraction
+    from navigator.anatomy.structures import structure_fraction
+    from navigator.core.structure import get_structure
+    from navigator.io.dicom import read_structure_set
 
     structures = read_structure_set(args.structures, ct=ct)
     if args.target:
@@ -174,7 +177,7 @@ def run(args) -> int:
         progress.step("structure metrics")
         result["metrics"] = _metrics(args, dose_vol, ct)
 
-    from navigator.io.dicom.write import write_rtdose
+    from navigator.io.dicom import write_rtdose
 
     write_rtdose(out / "RTDOSE.dcm", dose_vol, ct)
     write_json(out / "dose.json", result)

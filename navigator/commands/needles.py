@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from navigator.errors import ClinicalCheckFailed, InputError, RegistrationError
-from navigator.commands._common import Progress, add_output_options, emit, out_dir, write_json
+from navigator.commands._common import Progress, add_output_options, emit, out_dir
+from navigator.io import write_json
 
 
 def add_arguments(parser) -> None:
@@ -40,109 +41,46 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from navigator.intraop import advice as advice_mod
-    from navigator.intraop import deviation as dev_mod
-    from navigator.io.dicom.ct import load_ct_series
-    from navigator.imaging.needle_finding import NeedleFindingSettings, find_needles, planned_in_intraop
     from navigator.core.plan import Plan
-    from navigator.imaging.registration import RegistrationResult, check_same_patient, register_rigid
-    from navigator.commands.register import target_region
+    from navigator.intraop.check import CheckOptions, check_inputs, check_needles, ctv_points, register_to_plan
+    from navigator.io.dicom import load_ct_series
 
-    if not args.tolerance_mm > 0:
-        raise InputError(f"--tolerance-mm {args.tolerance_mm}: the tolerance must be > 0 mm (usually 2)")
+    wanted = tuple(v.strip() for v in args.needles.split(",") if v.strip()) if args.needles else None
+    options = CheckOptions(tolerance_mm=args.tolerance_mm, metal_hu=args.metal_hu, needle_ids=wanted)
     prog = Progress(enabled=not args.json)
     out = out_dir(args)
     plan = Plan.load(args.plan)
-    if not plan.needles:
-        raise InputError(f"--plan {args.plan}: the plan has no needles to look for")
     prog.step(f"loading the pre-plan CT {args.preplan_ct}")
     pre = load_ct_series(args.preplan_ct)
-    if plan.frame_of_reference_uid != pre.frame_of_reference_uid:
-        raise InputError(
-            f"--plan {args.plan} is in frame of reference {plan.frame_of_reference_uid!r} but --preplan-ct "
-            f"{args.preplan_ct} is in {pre.frame_of_reference_uid!r}: the plan was not made on this CT. Give the CT "
-            "the plan was made on (its plan.json names ct_series_uid), or re-plan on this CT")
     prog.step(f"loading the intraop CT {args.ct}")
     ct = load_ct_series(args.ct)
-    check_same_patient(pre, ct)
-    centre, half = target_region(plan)
-    # before registering: the intraop scan must reach the target's neighbourhood (patient motion is a few
-    # centimetres at most); after registering, the mapped target itself must lie inside it
-    _check_covers(ct, centre, args.ct, margin_mm=30.0)
+    check_inputs(plan, pre, ct, plan_name=f"--plan {args.plan}", preplan_name=f"--preplan-ct {args.preplan_ct}",
+                 intraop_name=f"--ct {args.ct}")
 
     if args.registration:
-        import json
-
-        try:
-            reg = RegistrationResult.from_json(json.loads(Path(args.registration).read_text()))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--registration {args.registration}: cannot read it ({exc}); "
-                             "give the registration.json written by `navigator register`") from None
-        if reg.fixed_frame_of_reference_uid and reg.fixed_frame_of_reference_uid != pre.frame_of_reference_uid:
-            raise InputError(f"--registration {args.registration} was made from frame of reference "
-                             f"{reg.fixed_frame_of_reference_uid}, not the pre-plan CT's {pre.frame_of_reference_uid}")
+        reg = _read_registration(args.registration, pre)
     else:
         prog.step("registering the intraop CT to the pre-plan CT around the target")
-        tips = np.array([n.tip_mm for n in plan.needles])
         try:
-            reg = register_rigid(pre, ct, region_mm=(centre, half), check_points_mm=tips)
+            reg = register_to_plan(plan, pre, ct)
         except RegistrationError as exc:
             if getattr(exc, "result", None) is not None:
                 write_json(out / "registration.json", exc.result.to_json())
             raise
     write_json(out / "registration.json", reg.to_json())
 
-    prog.step(f"finding {len(plan.needles)} needles")
-    settings = NeedleFindingSettings() if args.metal_hu is None else NeedleFindingSettings(metal_hu=args.metal_hu)
-    planned = planned_in_intraop(plan, reg)
-    if args.needles:
-        wanted = [v.strip() for v in args.needles.split(",") if v.strip()]
-        unknown = [v for v in wanted if v not in {n.id for n in plan.needles}]
-        if unknown:
-            raise InputError(f"--needles names {unknown}, which the plan does not have; its needles are "
-                             f"{[n.id for n in plan.needles]}")
-        planned = [p for p in planned if p[0] in wanted]
-    mapped_centre = reg.map_fixed_to_moving(centre)
-    _check_covers(ct, mapped_centre, args.ct)
-    search = find_needles(ct, planned, settings)
-    devs = dev_mod.deviations_from_search(search, args.tolerance_mm)
-
-    prog.step("dose impact of each needle (TG-43, CTV D90)")
-    ctv_pts, ctv_source = _ctv_points(args, plan, pre)
-    impact = _impact(plan, ctv_pts)
-    holes = advice_mod.HoleLocator(plan)
-    moves = {}
-    for d in devs:
-        needle = plan.needle(d.needle_id)
-        lat_pre = None
-        if d.found:
-            tip_pre = reg.map_moving_to_fixed(d.tip_mm)
-            axis_pre = d.found_axis @ reg.fixed_to_moving[:3, :3]  # rotate back: R^T a
-            moves[d.needle_id] = (needle.tip_mm, needle.axis, tip_pre, axis_pre)
-            if impact is not None:
-                d.d90_change_gy = impact.d90_change_gy(d.needle_id, needle.tip_mm, needle.axis, tip_pre, axis_pre)
-            lat_pre = d.lateral_vector_mm @ reg.fixed_to_moving[:3, :3]
-        d.advice = advice_mod.advise(d, holes, needle.entry_mm, lat_pre, needle.hole)
-
-    out_of_tol = [d for d in devs if not d.within_tolerance]
-    data = {
-        "registration": reg.to_json(),
-        "tolerance_mm": float(args.tolerance_mm),
-        "needles": [d.to_json() for d in devs],
-        "unexpected_needles": [f.to_json() for f in search.unexpected],
-        "out_of_tolerance": len(out_of_tol),
-        "not_found": sum(1 for d in devs if not d.found),
-        "planned_d90_gy": None if impact is None else round(impact.planned_d90_gy, 3),
-        "d90_all_as_found_gy": None if impact is None or not moves else round(impact.all_moved_d90_gy(moves), 3),
-        "ctv_source": ctv_source,
-        "intraop_frame_of_reference_uid": ct.frame_of_reference_uid,
-        "intraop_series_uid": ct.series_uid,
-        "finding_seconds": round(search.seconds, 3),
-    }
+    prog.step(f"finding {len(plan.needles)} needles; dose impact of each (TG-43, CTV D90)")
+    ctv, rs = _ctv_structure(args, pre)
+    pts, note = ctv_points(plan, ctv, pre.frame_of_reference_uid)
+    check = check_needles(plan, ct, reg, pts, note or f"structure {args.ctv} of {rs}", options,
+                          intraop_name=f"--ct {args.ct}")
+    data = check.to_json()
     write_json(out / "needles.json", data)
     prog.step("writing needles.html")
+    devs = check.deviations
     (out / "needles.html").write_text(_html(data, devs, ct, plan))
 
+    out_of_tol = check.out_of_tolerance
     lines = [f"{d.needle_id:>5}: " + (f"tip error {d.tip_error_mm:4.1f} mm (lateral {d.lateral_mm:.1f}, depth "
                                        f"{d.depth_mm:+.1f}, angle {d.angle_deg:.1f} deg) " if d.found else "")
              + d.advice for d in devs]
@@ -155,63 +93,36 @@ def run(args) -> int:
     return 0
 
 
-def _check_covers(ct, point_mm, ct_dir, margin_mm: float = 0.0) -> None:
-    """InputError when the intraop CT does not reach the target region (with a margin for patient motion)."""
-    if ct.contains_lps(point_mm, margin_vox=margin_mm / float(ct.spacing_mm.max())):
-        return
-    lo = ct.ijk_to_lps(np.zeros(3))
-    hi = ct.ijk_to_lps(np.array(ct.shape_ijk, float) - 1)
-    a, b = np.minimum(lo, hi), np.maximum(lo, hi)
-    raise InputError(
-        f"--ct {ct_dir}: the intraop CT covers x {a[0]:.0f}..{b[0]:.0f}, y {a[1]:.0f}..{b[1]:.0f}, "
-        f"z {a[2]:.0f}..{b[2]:.0f} mm and does not include the target region around "
-        f"[{point_mm[0]:.0f}, {point_mm[1]:.0f}, {point_mm[2]:.0f}] mm; scan over the target and the needle tips")
+def _read_registration(path, pre):
+    import json
+
+    from navigator.imaging.registration import RegistrationResult
+
+    try:
+        reg = RegistrationResult.from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--registration {path}: cannot read it ({exc}); "
+                         "give the registration.json written by `navigator register`") from None
+    if reg.fixed_frame_of_reference_uid and reg.fixed_frame_of_reference_uid != pre.frame_of_reference_uid:
+        raise InputError(f"--registration {path} was made from frame of reference "
+                         f"{reg.fixed_frame_of_reference_uid}, not the pre-plan CT's {pre.frame_of_reference_uid}")
+    return reg
 
 
-def _ctv_points(args, plan, pre):
-    """Equal-volume CTV sample points (pre-plan LPS) for the D90, and where they came from."""
-    from navigator.core.volume import grid_volume
+def _ctv_structure(args, pre):
+    """The CTV structure (``--structures``, else RTSTRUCT.dcm beside plan.json) and its file, or (None, None)."""
+    from navigator.io.dicom import read_structure_set
 
     rs = Path(args.structures) if args.structures else Path(args.plan).resolve().parent / "RTSTRUCT.dcm"
-    if rs.exists():
-        from navigator.anatomy.structures import read_structure_set, structure_mask
-
-        structs = read_structure_set(rs)
-        if args.ctv in structs:
-            st = structs[args.ctv]
-            lo, hi = st.bounds_mm()
-            grid = grid_volume(lo - 2.0, hi + 2.0, 1.5, frame_of_reference_uid=pre.frame_of_reference_uid)
-            mask = structure_mask(st, grid)
-            if mask.any():
-                return grid.voxel_centers_lps(mask), f"structure {args.ctv} of {rs}"
-        elif args.structures:
-            raise InputError(f"--structures {rs}: no structure named {args.ctv!r} (it has {sorted(structs)}); "
-                             "name the CTV with --ctv")
-    # stand-in: the prescription isodose of the planned seeds
-    if not plan.seeds:
-        return None, "none (the plan has no seeds)"
-    from navigator.physics import tg43
-    from navigator.physics.dose import dose_at_points
-
-    seeds = plan.seed_positions_mm()
-    grid = grid_volume(seeds.min(0) - 10.0, seeds.max(0) + 10.0, 2.0)
-    pts = grid.voxel_centers_lps()
-    model = tg43.load_seed_model(plan.seed_model)
-    dose = dose_at_points(pts, seeds, plan.seed_axes(), plan.seed_sk_u, model)
-    return pts[dose >= plan.prescription_gy], "prescription isodose of the planned seeds (no CTV structure found)"
-
-
-def _impact(plan, ctv_pts):
-    if ctv_pts is None or len(ctv_pts) == 0 or not plan.seeds:
-        return None
-    from navigator.physics import tg43
-    from navigator.intraop.deviation import DoseImpact
-
-    model = tg43.load_seed_model(plan.seed_model)
-    if len(ctv_pts) > 6000:  # an even subsample keeps the D90 to ~0.1 Gy and the time to a second
-        ctv_pts = ctv_pts[np.linspace(0, len(ctv_pts) - 1, 6000).astype(int)]
-    return DoseImpact(ctv_pts, plan.seed_positions_mm(), plan.seed_axes(), [s.needle_id for s in plan.seeds],
-                      plan.seed_sk_u, model)
+    if not rs.exists():
+        return None, None
+    structs = read_structure_set(rs)
+    if args.ctv in structs:
+        return structs[args.ctv], rs
+    if args.structures:
+        raise InputError(f"--structures {rs}: no structure named {args.ctv!r} (it has {sorted(structs)}); "
+                         "name the CTV with --ctv")
+    return None, None
 
 
 # --- report -------------------------------------------------------------------------------------------------

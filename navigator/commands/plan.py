@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from navigator.errors import InputError
-from navigator.commands._common import Progress, add_output_options, add_strength_options, emit, out_dir, write_json
+from navigator.commands._common import Progress, add_output_options, add_strength_options, emit, out_dir
+from navigator.io import write_json
 
 
 def add_arguments(p) -> None:
@@ -37,9 +38,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from navigator.physics import tg43
-    from navigator.io.dicom.ct import load_ct_series
+    from navigator.io.dicom import load_ct_series
     from navigator.planning.pipeline import PlanOptions, make_plan
-    from navigator.anatomy.structures import read_structure_set
+    from navigator.io.dicom import read_structure_set
 
     prog = Progress()
     t0 = time.perf_counter()
@@ -109,7 +110,7 @@ def _describe(c: dict) -> str:
 
 def write_outputs(out, res, ct, structures) -> dict:
     """RTSTRUCT (target, CTV, OARs, needle tracks), RTPLAN (referencing it), RTDOSE (referencing the plan)."""
-    from navigator.io.dicom.write import PatientInfo, write_rtdose, write_rtplan, write_rtstruct
+    from navigator.io.dicom import PatientInfo, sop_instance_uid_of, write_rtdose, write_rtplan, write_rtstruct
     from navigator.anatomy.structures import mask_to_contours
 
     plan = res.plan
@@ -139,9 +140,7 @@ def write_outputs(out, res, ct, structures) -> dict:
     rs_path = out / "RTSTRUCT.dcm"
     write_rtstruct(rs_path, ct, rois, patient=patient, roi_types=types, label="PREPLAN",
                    series_description="navigator pre-plan structures")
-    import pydicom
-
-    rs_uid = pydicom.dcmread(rs_path, stop_before_pixels=True).SOPInstanceUID
+    rs_uid = sop_instance_uid_of(rs_path)
     tpl = plan.extra.get("template", {})
     rp_path, rp_uid = write_rtplan(out / "RTPLAN.dcm", plan, ct, patient,
                                    template={"number": tpl.get("number", 1), "type": tpl.get("type", "GUIDE TEMPLATE"),

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from navigator.errors import InputError
-from navigator.commands._common import Progress, add_output_options, emit, out_dir, write_json
+from navigator.commands._common import Progress, add_output_options, emit, out_dir
+from navigator.io import write_json
 
 
 def add_arguments(parser) -> None:
@@ -69,12 +70,12 @@ def _expected(args, plan) -> int | None:
 
 
 def run(args) -> int:
-    from navigator.io.dicom.ct import load_ct_series
-    from navigator.io.dicom.write import write_rtdose
+    from navigator.io.dicom import load_ct_series
+    from navigator.io.dicom import write_rtdose
     from navigator.core.plan import Plan
     from navigator.postimplant.pipeline import PostimplantOptions, run_postimplant
     from navigator.imaging.seed_finding import SeedFindingSettings
-    from navigator.anatomy.structures import read_structure_set
+    from navigator.io.dicom import read_structure_set
 
     if not args.cold_spot_min_cc >= 0:
         raise InputError(f"--cold-spot-min-cc {args.cold_spot_min_cc} cc must be >= 0")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from navigator.errors import InputError, RegistrationError
-from navigator.commands._common import Progress, add_output_options, emit, out_dir, write_json
+from navigator.commands._common import Progress, add_output_options, emit, out_dir
+from navigator.io import write_json
 
 
 def add_arguments(parser) -> None:
@@ -23,17 +24,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--region-half-mm", type=float, default=None, help="target region half-size, mm (45)")
     parser.add_argument("--metal-hu", type=float, default=None, help="metal threshold masked out of the metric (2000)")
     add_output_options(parser)
-
-
-def target_region(plan, default_half_mm: float = 45.0) -> tuple[np.ndarray, float]:
-    """Centre (pre-plan LPS mm) and half-size of the region around a plan's needle tips and seeds."""
-    pts = [n.tip_mm for n in plan.needles] + [s.position_mm for s in plan.seeds]
-    if not pts:
-        raise InputError("the plan has no needles and no seeds; it cannot say where the target is")
-    pts = np.array(pts, dtype=float)
-    centre = 0.5 * (pts.min(0) + pts.max(0))
-    half = float(np.clip(np.abs(pts - centre).max() + 20.0, 35.0, 45.0)) if len(pts) > 1 else default_half_mm
-    return centre, half
 
 
 def parse_xyz(text: str, option: str) -> np.ndarray:
@@ -47,8 +37,8 @@ def parse_xyz(text: str, option: str) -> np.ndarray:
 
 
 def run(args) -> int:
-    from navigator.io.dicom.ct import load_ct_series
-    from navigator.core.plan import Plan
+    from navigator.io.dicom import load_ct_series
+    from navigator.core.plan import Plan, target_region
     from navigator.imaging.registration import register_rigid
 
     prog = Progress(enabled=not args.json)
@@ -79,7 +69,7 @@ def run(args) -> int:
         raise
     data = result.to_json()
     write_json(out / "registration.json", data)
-    t = result.fixed_to_moving[:3, 3]
+    t = result.fixed_to_moving.translation_mm
     emit(args, data,
          f"registration: rotation {result.rotation_deg:.2f} deg, translation [{t[0]:.2f}, {t[1]:.2f}, {t[2]:.2f}] mm, "
          f"estimated error {result.estimated_error_mm:.2f} mm, {result.seconds:.1f} s\n"

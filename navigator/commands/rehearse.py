@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from navigator.errors import InputError
-from navigator.commands._common import Progress, emit, write_json
+from navigator.commands._common import Progress, emit
+from navigator.io import write_json
 
 
 def add_arguments(parser) -> None:

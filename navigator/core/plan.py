@@ -9,12 +9,12 @@ applicator reports (SGP/1 ``depth_mm``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from navigator.errors import PlanError
+from navigator.errors import InputError, PlanError
 
 
 @dataclass
@@ -169,3 +169,14 @@ def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def target_region(plan: Plan, default_half_mm: float = 45.0) -> tuple[np.ndarray, float]:
+    """Centre (plan frame, LPS mm) and half-size (mm) of the region around a plan's needle tips and seeds."""
+    pts = [n.tip_mm for n in plan.needles] + [s.position_mm for s in plan.seeds]
+    if not pts:
+        raise InputError("the plan has no needles and no seeds; it cannot say where the target is")
+    pts = np.array(pts, dtype=float)
+    centre = 0.5 * (pts.min(0) + pts.max(0))
+    half = float(np.clip(np.abs(pts - centre).max() + 20.0, 35.0, 45.0)) if len(pts) > 1 else default_half_mm
+    return centre, half

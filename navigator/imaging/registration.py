@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from navigator.errors import InputError, RegistrationError
+from navigator.core.transform import RigidTransform
 from navigator.core.volume import Volume
 
 __all__ = [
@@ -116,7 +117,7 @@ class MetricObserver:
 class RegistrationResult:
     """A rigid registration pre-plan (fixed) -> intraop (moving), LPS mm both sides."""
 
-    fixed_to_moving: np.ndarray  # 4x4: p_moving = M @ [p_fixed, 1]
+    fixed_to_moving: RigidTransform  # pre-plan (fixed) -> intraop (moving); a 4x4 array is taken too
     metric: float
     converged: bool
     estimated_error_mm: float
@@ -137,31 +138,29 @@ class RegistrationResult:
     moving_frame_of_reference_uid: str = ""
     settings: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.fixed_to_moving = RigidTransform.of(self.fixed_to_moving)
+
     @property
-    def moving_to_fixed(self) -> np.ndarray:
-        return np.linalg.inv(self.fixed_to_moving)
+    def moving_to_fixed(self) -> RigidTransform:
+        return self.fixed_to_moving.inverse()
 
     @property
     def rotation_deg(self) -> float:
         """Rotation angle of the transform (degrees)."""
-        c = (np.trace(self.fixed_to_moving[:3, :3]) - 1.0) / 2.0
-        return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+        return self.fixed_to_moving.rotation_deg
 
     def map_fixed_to_moving(self, points_mm) -> np.ndarray:
         """Fixed (pre-plan) LPS mm (..., 3) -> moving (intraop) LPS mm."""
-        return _apply(self.fixed_to_moving, points_mm)
+        return self.fixed_to_moving.apply(points_mm)
 
     def map_moving_to_fixed(self, points_mm) -> np.ndarray:
-        return _apply(self.moving_to_fixed, points_mm)
-
-    def rotate_fixed_to_moving(self, vectors) -> np.ndarray:
-        """Directions (unit vectors) fixed -> moving: rotation only."""
-        return np.asarray(vectors, dtype=float) @ self.fixed_to_moving[:3, :3].T
+        return self.moving_to_fixed.apply(points_mm)
 
     def to_json(self) -> dict:
         """registration.json per cli-contract.md, plus diagnostics under extra keys."""
         return {
-            "fixed_to_moving": [[round(float(v), 8) for v in row] for row in self.fixed_to_moving],
+            "fixed_to_moving": self.fixed_to_moving.to_list(),
             "metric": round(float(self.metric), 6),
             "converged": bool(self.converged),
             # null when there is no estimate (a refusal before any registration ran): JSON has no Infinity
@@ -172,7 +171,7 @@ class RegistrationResult:
             "stop_condition": self.stop_condition,
             "iterations": int(self.iterations),
             "rotation_deg": round(self.rotation_deg, 4),
-            "translation_mm": [round(float(v), 4) for v in self.fixed_to_moving[:3, 3]],
+            "translation_mm": [round(float(v), 4) for v in self.fixed_to_moving.translation_mm],
             "region_centre_mm": [round(float(v), 3) for v in self.region_centre_mm],
             "region_half_mm": float(self.region_half_mm),
             "check_points_mm": np.round(self.check_points_mm, 3).tolist(),
@@ -207,10 +206,6 @@ class RegistrationResult:
             raise InputError(f"registration.json: not a valid registration ({type(exc).__name__}: {exc}); "
                              "write it with `navigator register`") from None
 
-
-def _apply(m: np.ndarray, points_mm) -> np.ndarray:
-    p = np.asarray(points_mm, dtype=float)
-    return p @ m[:3, :3].T + m[:3, 3]
 
 
 def check_same_patient(fixed: Volume, moving: Volume) -> None:
@@ -450,7 +445,7 @@ def _midpoint(a: np.ndarray, b: np.ndarray, centre_mm: np.ndarray) -> np.ndarray
     from scipy.spatial.transform import Rotation
 
     rot = Rotation.from_matrix(np.stack([a[:3, :3], b[:3, :3]])).mean().as_matrix()
-    c_img = 0.5 * (_apply(a, centre_mm) + _apply(b, centre_mm))
+    c_img = 0.5 * (RigidTransform(a).apply(centre_mm) + RigidTransform(b).apply(centre_mm))
     m = np.eye(4)
     m[:3, :3] = rot
     m[:3, 3] = c_img - rot @ centre_mm
@@ -559,12 +554,12 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
     if check_points_mm is not None:
         points = np.vstack([points, np.asarray(check_points_mm, dtype=float).reshape(-1, 3)])
 
-    overlap = float(np.mean(moving.contains_lps(_apply(fwd, _lattice(centre, half, 6)))))
+    overlap = float(np.mean(moving.contains_lps(RigidTransform(fwd).apply(_lattice(centre, half, 6)))))
     residuals = np.zeros(len(points))
     chosen = "forward"
     if s.consistency_check:
         # backward: intraop box (around the mapped centre) is fixed, pre-plan is moving
-        c_m = _apply(fwd, centre)
+        c_m = RigidTransform(fwd).apply(centre)
         b_fixed, _, bf_metal = _crop_isotropic(moving, c_m, half, step, np.nan, s.metal_hu)
         b_moving, _, bm_metal = _crop_isotropic(fixed, c_m, half + s.moving_margin_mm, step, np.nan, s.metal_hu)
         bf = sitk.GetArrayFromImage(b_fixed)
@@ -587,7 +582,7 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
             _like(b_moving, np.clip(bm, *s.hu_window).astype(np.float32)),
             None if bm_keep.all() else _like(b_moving, bm_keep.astype(np.uint8), sitk.sitkUInt8),
             b_init, c_m)
-        residuals = np.linalg.norm(_apply(bwd, _apply(fwd, points)) - points, axis=1)
+        residuals = np.linalg.norm(RigidTransform(bwd).apply(RigidTransform(fwd).apply(points)) - points, axis=1)
         # The two runs are two estimates of one transform: keep the one (or their midpoint) that the metric,
         # evaluated on every voxel, prefers. A gradient descent on sampled points stops where the sampling
         # noise outweighs a shallow slope (along the neck's axis mostly); the full metric does not.

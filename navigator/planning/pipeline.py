@@ -17,6 +17,7 @@ from navigator.physics import dose as dose_mod
 from navigator.anatomy import targets
 from navigator.physics import tg43
 from navigator.errors import InputError, PlanError, SeedModelError, StructureError
+from navigator.core.structure import find_structure
 from navigator.core.volume import Volume
 from navigator.planning.needles import NeedleOptions, PlanningField, Sampler, needle_path_clear, plan_needles, sample_nearest
 from navigator.core.plan import Needle, Plan, PlannedSeed
@@ -62,16 +63,6 @@ class PlanResult:
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
-def _structure_lookup(structures: dict, name: str):
-    if name in structures:
-        return name, structures[name]
-    hits = [k for k in structures if k.lower() == name.lower()]
-    if len(hits) == 1:
-        return hits[0], structures[hits[0]]
-    raise StructureError(f"no structure named '{name}' in the structure set; it holds: "
-                         f"{', '.join(sorted(structures)) or 'none'}; give one of these names")
-
-
 def _to_mask(name: str, s, ct: Volume) -> np.ndarray:
     """A structure (``structures.Structure`` or a bool array on the CT grid) -> bool mask on the CT grid."""
     if isinstance(s, np.ndarray):
@@ -148,7 +139,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     if not (sk_u is not None and np.isfinite(sk_u) and sk_u > 0):
         raise SeedModelError(f"seed strength {sk_u} U must be > 0 U (0.3-0.8 mCi is 0.38-1.02 U)")
 
-    target_name, target_s = _structure_lookup(structures, target)
+    target_name, target_s = find_structure(structures, target)
     gtv = _to_mask(target_name, target_s, ct)
     if not gtv.any():
         raise StructureError(f"target '{target_name}' covers no voxel of the CT (empty or smaller than a voxel); "
@@ -156,7 +147,7 @@ def make_plan(ct: Volume, structures: dict, target: str, oars: list[str] | None,
     oar_names = _default_oars(structures, target_name) if oars is None else list(oars)
     oar_masks, oars_skipped = {}, {}
     for name in oar_names:
-        real, s = _structure_lookup(structures, name)
+        real, s = find_structure(structures, name)
         if real == target_name:
             raise InputError(f"structure '{real}' is the target and cannot also be an organ at risk")
         try:

@@ -31,6 +31,7 @@ import numpy as np
 
 from navigator.errors import InputError
 from navigator.core.plan import Needle, Plan, PlannedSeed
+from navigator.io import write_json
 from navigator.session.controller import Session, State
 
 DEFAULT_RX_GY = 120.0
@@ -311,7 +312,6 @@ class Rehearsal:
             app.close()
             ledger.close()
         data = result.to_json()
-        from navigator.commands._common import write_json
 
         (self.out / name).mkdir(exist_ok=True)
         write_json(self.out / name / "delivery.json", data)
@@ -348,9 +348,7 @@ class Rehearsal:
         plan.seeds = [s for s in plan.seeds if s.needle_id not in dropped]
         plan.extra["abandoned_needles"] = dropped
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        plan.save(tmp)
-        tmp.replace(path)
+        write_json(path, plan.to_dict())
         return path
 
     def seeds_in_world(self, plan: Plan, actual_needles: dict, delivery: dict, name: str) -> np.ndarray:

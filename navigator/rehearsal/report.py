@@ -113,10 +113,11 @@ def timings_table(result: dict) -> str:
 def render_scene(out: Path, result: dict) -> Path | None:
     """3D picture in the pre-plan frame: GTV/CTV, planned needles, seeds found after the implant (mapped back
     through the post-implant registration) and supplementary seeds."""
-    from navigator.io.dicom.ct import load_ct_series
+    from navigator.io.dicom import load_ct_series
     from navigator.core.plan import Plan
     from navigator.report.render3d import render_implant_png
-    from navigator.anatomy.structures import read_structure_set, structure_mask
+    from navigator.anatomy.structures import structure_mask
+    from navigator.io.dicom import read_structure_set
 
     plan = Plan.load(out / "plan" / "plan.json")
     ct = load_ct_series(out / "case" / "preplan" / "ct")

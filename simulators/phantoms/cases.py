@@ -69,7 +69,7 @@ def list_cases() -> list[str]:
 
 
 def _uid(*parts) -> str:
-    from navigator.io.dicom.write import new_uid
+    from navigator.io.dicom import new_uid
 
     return new_uid("simulators.phantoms/" + "/".join(str(p) for p in parts))
 

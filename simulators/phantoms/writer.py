@@ -32,7 +32,7 @@ class WrittenCase:
 
 
 def _write_ct(ct: Volume, out_dir: Path, description: str) -> None:
-    from navigator.io.dicom.write import PatientInfo, write_ct_series
+    from navigator.io.dicom import PatientInfo, write_ct_series
 
     write_ct_series(ct, out_dir, PatientInfo.from_volume(ct), series_description=description,
                     patient_position=ct.meta.get("patient_position", "HFS"),
@@ -56,7 +56,7 @@ def drop_collinear(poly: np.ndarray, tol_mm: float = 1e-6) -> np.ndarray:
 
 def write_patient(patient: Patient, out_dir) -> WrittenCase:
     """Write a made patient (see module docstring)."""
-    from navigator.io.dicom.write import PatientInfo, write_rtstruct
+    from navigator.io.dicom import PatientInfo, write_rtstruct
 
     out = Path(out_dir)
     ct_dir = out / "preplan" / "ct"

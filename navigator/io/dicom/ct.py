@@ -20,8 +20,6 @@ error, because silently skipping a truncated slice at the end of a stack would s
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from navigator.errors import DicomSeriesError
+from navigator.errors import DicomSeriesError, InputError
+from navigator.io.dicom._base import (CT_IMAGE_STORAGE, PatientInfo, _base_dataset, _ds, _ds_list, _fill_identity,
+                                      _hu_rescale, _now, _plane_geometry, _prechecked, _quiet, _save, _uid)
 from navigator.core.volume import Volume
 
 __all__ = ["SeriesInfo", "list_series", "load_ct_series"]
@@ -66,15 +66,6 @@ _REQUIRED_KEYWORDS = (
 )
 # Orientation cosines and direction: how far from unit length / perpendicular / identical counts as wrong.
 _COSINE_TOL = 1e-3
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Real exports break VR length rules (e.g. an 18-character Study ID in SH); pydicom warns on every access.
-    The checks that matter are done here explicitly, so these warnings are only noise."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\..*")
-        yield
 
 
 @dataclass(frozen=True)
@@ -473,3 +464,97 @@ def _load(folder: Path, series_uid: str | None) -> Volume:
         patient_name=_str(first, "PatientName"),
         meta=meta,
     )
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+@_prechecked
+def write_ct_series(volume: Volume, out_dir, patient: PatientInfo | None = None, series_uid: str | None = None,
+                    series_description: str = "", patient_position: str = "HFS",
+                    slice_thickness_mm: float | None = None, kvp: float = 120, series_number: int = 1,
+                    file_names: str = "uid", body_part: str | None = None,
+                    uid_seed: str | None = None) -> list[Path]:
+    """Write ``volume`` (HU) as a CT Image Storage series, one file per k slice, into ``out_dir``.
+
+    Pixels are int16 with RescaleSlope/Intercept (slope 1, intercept 0 unless the HU range needs more);
+    ImagePositionPatient of slice k = origin + k * spacing_k * direction[:, 2] (LPS mm), so a k axis
+    pointing to -z (feet-first, descending order) is written as such. File names are the SOP Instance
+    UIDs (``file_names="uid"``, not in k order, like many scanners) or ``CT_0001.dcm`` (``"index"``).
+    ``body_part``: BodyPartExamined (default ``volume.meta["BodyPartExamined"]`` or NECK; "" writes
+    ImageLaterality U instead). ``uid_seed``: derive the generated UIDs from this string (reproducible output).
+
+    Side effects (so structures and doses can reference the slices): sets ``volume.meta["sop_instance_uids"]``
+    (k order) and ``volume.series_uid`` / ``study_uid`` / ``frame_of_reference_uid`` where empty. The series
+    UID is ``series_uid``, else the volume's own: pass ``series_uid=new_uid()`` when re-exporting a changed
+    copy of a loaded series.
+    Returns the written paths in k order.
+    """
+    if volume.array.ndim != 3:
+        raise InputError(f"CT volume must be 3-D (k, j, i); got shape {volume.array.shape}")
+    patient = patient or PatientInfo.from_volume(volume)
+    _fill_identity(volume, patient)
+    if body_part is None:
+        body_part = str((volume.meta or {}).get("BodyPartExamined", "NECK") or "")
+    series_uid = series_uid or volume.series_uid or _uid(uid_seed, f"series/{series_number}")
+    volume.series_uid = series_uid
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    row_dir, col_dir, normal, _ = _plane_geometry(volume)
+    nk, nj, ni = volume.array.shape
+    hu = np.asarray(volume.array)
+    if hu.dtype.kind == "f" and not np.all(np.isfinite(hu)):
+        raise InputError("CT volume has NaN or infinite values; fill them (e.g. with -1000 HU) before export")
+    slope, intercept = _hu_rescale(hu)
+    if slope == 1.0 and intercept == 0.0:  # the common case, kept in the input's precision (fast)
+        stored = np.rint(hu).astype("<i2")
+    else:
+        stored = np.clip(np.rint((hu.astype(np.float64) - intercept) / slope), -32768, 32767).astype("<i2")
+    thickness = float(slice_thickness_mm if slice_thickness_mm is not None else volume.spacing_mm[2])
+    iop = _ds_list(np.concatenate([row_dir, col_dir]))
+    pixel_spacing = [_ds(volume.spacing_mm[1]), _ds(volume.spacing_mm[0])]  # (row step, column step)
+    date, time = _now()
+
+    uids = [_uid(uid_seed, f"{series_uid}/{k}") for k in range(nk)]
+    paths = []
+    for k in range(nk):
+        ds = _base_dataset(CT_IMAGE_STORAGE, uids[k], patient, "CT", series_uid, series_number,
+                           series_description)
+        ds.PatientPosition = patient_position
+        if body_part:
+            ds.BodyPartExamined = body_part  # NECK / CHEST: unpaired, so no (series) Laterality
+        else:
+            ds.ImageLaterality = "U"  # unpaired
+        ds.FrameOfReferenceUID = volume.frame_of_reference_uid
+        ds.PositionReferenceIndicator = ""
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.InstanceNumber = k + 1
+        ds.AcquisitionNumber = 1
+        ds.ContentDate = date
+        ds.ContentTime = time
+        ds.KVP = _ds(kvp)
+        ipp = volume.ijk_to_lps([0.0, 0.0, float(k)])
+        ds.ImagePositionPatient = _ds_list(ipp)
+        ds.ImageOrientationPatient = iop
+        ds.PixelSpacing = pixel_spacing
+        ds.SliceThickness = _ds(thickness)
+        ds.SliceLocation = _ds_list([float(np.dot(ipp, normal))])[0]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = nj
+        ds.Columns = ni
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = _ds(intercept)
+        ds.RescaleSlope = _ds(slope)
+        ds.RescaleType = "HU"
+        ds.WindowCenter = "40"
+        ds.WindowWidth = "400"
+        ds.PixelData = stored[k].tobytes()
+        name = f"{uids[k]}.dcm" if file_names == "uid" else f"CT_{k + 1:04d}.dcm"
+        paths.append(_save(ds, out_dir / name))
+    volume.meta["sop_instance_uids"] = list(uids)
+    volume.meta.setdefault("patient_position", patient_position)
+    volume.meta.setdefault("slice_thickness_mm", thickness)
+    return paths

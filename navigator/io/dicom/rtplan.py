@@ -36,7 +36,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from navigator.io.dicom.write import (RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, PatientInfo, _base_dataset,
+from navigator.io.dicom._base import (RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, PatientInfo, _base_dataset,
                           _ds, _now, _prechecked, _ref, _save, _uid)
 from navigator.errors import PlanError
 from navigator.core.volume import Volume
