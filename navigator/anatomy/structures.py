@@ -29,6 +29,7 @@ from navigator.core.volume import Volume
 __all__ = [
     "structure_mask",
     "structure_fraction",
+    "mask_of",
     "expand_margin",
     "shrink_margin",
     "mask_volume_cc",
@@ -196,6 +197,27 @@ def structure_fraction(structure: Structure, grid: Volume, supersample: int = 4)
     return out
 
 
+def mask_of(name: str, structure_or_mask, ct: Volume) -> np.ndarray:
+    """Bool (k, j, i) mask on the CT grid of ``structure_or_mask``: a ``Structure`` (rasterised by
+    ``structure_mask``) or a bool array already on the CT grid (checked for its shape).
+
+    Raises ``StructureError`` naming the structure when the mask has another shape, the structure has no
+    contours, or its contours lie wholly outside the CT (a structure set of another scan)."""
+    if isinstance(structure_or_mask, np.ndarray):
+        if structure_or_mask.shape != ct.array.shape:
+            raise StructureError(f"structure '{name}': mask shape {structure_or_mask.shape} differs from the CT's "
+                                 f"{ct.array.shape}")
+        return structure_or_mask.astype(bool)
+    if not getattr(structure_or_mask, "contours", None):
+        raise StructureError(f"structure '{name}' has no contours (empty); draw it or choose another structure")
+    pts = np.concatenate(structure_or_mask.contours)
+    if not ct.contains_lps(pts, margin_vox=0.5).any():
+        lo, hi = pts.min(0), pts.max(0)
+        raise StructureError(f"structure '{name}' lies outside the CT (contours span {np.round(lo, 1).tolist()} .. "
+                             f"{np.round(hi, 1).tolist()} mm LPS); check that the structure set belongs to this CT")
+    return structure_mask(structure_or_mask, ct)
+
+
 # --- margins and volumes ------------------------------------------------------------------------------------
 def _spacing_kji(grid: Volume) -> tuple[float, float, float]:
     # numpy (k, j, i) order meets Volume.spacing_mm (i, j, k) order here.
@@ -228,7 +250,8 @@ def _surface_distance_mm(region: np.ndarray, sp: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, d - half_extent, 0.0)
 
 
-def expand_margin(mask: np.ndarray, grid: Volume, margin_mm: float, rule: str = "surface") -> np.ndarray:
+def expand_margin(mask: np.ndarray, grid: Volume, margin_mm: float, rule: str = "surface",
+                  beyond_grid: str = "error") -> np.ndarray:
     """Bool mask grown by ``margin_mm`` (e.g. GTV -> CTV 5 mm), isotropic in mm on anisotropic voxels.
 
     A voxel joins when its centre is within ``margin_mm`` of the mask's surface, the mask taken as the union of
@@ -239,13 +262,16 @@ def expand_margin(mask: np.ndarray, grid: Volume, margin_mm: float, rule: str = 
     0.5-1 mm in-plane and 1-5 mm slices, the equivalent radius came out +0.06 to +0.31 mm (plain EDT: -0.15 to
     -0.93 mm), so a CTV is not smaller than its margin asks. ``rule="centre"`` gives the plain centre-to-centre dilation
     (never reaches beyond ``margin_mm`` from a mask voxel centre, so errs inwards). Raises ``StructureError`` if
-    the grown mask would reach beyond the grid, because a silently clipped CTV under-reports the target.
+    the grown mask would reach beyond the grid, because a silently clipped CTV under-reports the target;
+    ``beyond_grid="clip"`` keeps what lies on the grid instead (a no-go clearance around bone at the scan's edge).
     """
     mask = _check_mask(mask, grid)
     if margin_mm < 0:
         raise ValueError(f"margin_mm must be >= 0, got {margin_mm}; use shrink_margin to shrink")
     if rule not in ("surface", "centre"):
         raise ValueError(f"rule must be 'surface' or 'centre', got {rule!r}")
+    if beyond_grid not in ("error", "clip"):
+        raise ValueError(f"beyond_grid must be 'error' or 'clip', got {beyond_grid!r}")
     if margin_mm == 0 or not mask.any():
         return mask.copy()
     sp = np.array(_spacing_kji(grid))
@@ -263,13 +289,11 @@ def expand_margin(mask: np.ndarray, grid: Volume, margin_mm: float, rule: str = 
     if rule == "surface":
         grown = box | (_surface_distance_mm(box, sp) <= margin_mm + 1e-6)
     else:
-        from scipy.ndimage import distance_transform_edt
-
-        grown = distance_transform_edt(~box, sampling=sp) <= margin_mm + 1e-6
+        grown = _centre_dilation(box, sp, margin_mm)
     outside = np.ones(shape, dtype=bool)
     outside[dst] = False
     spill = grown & outside
-    if spill.any():
+    if spill.any() and beyond_grid == "error":
         axes = []
         for a, name in enumerate("kji"):
             proj = spill.any(axis=tuple(b for b in range(3) if b != a))
@@ -285,6 +309,20 @@ def expand_margin(mask: np.ndarray, grid: Volume, margin_mm: float, rule: str = 
     out = np.zeros_like(mask)
     out[src] = grown[dst]
     return out
+
+
+def _centre_dilation(box: np.ndarray, sp: np.ndarray, margin_mm: float) -> np.ndarray:
+    """Voxels whose centre is within ``margin_mm`` of a mask voxel's centre. Small radii (<= 4 voxels) by a
+    binary dilation with the ellipsoidal ball (faster on whole-CT masks), larger ones by a distance transform:
+    the same set either way."""
+    from scipy import ndimage
+
+    r = [int(np.floor(margin_mm / s)) for s in sp]
+    if max(r) <= 4:
+        kk, jj, ii = np.meshgrid(*[np.arange(-n, n + 1) for n in r], indexing="ij")
+        ball = (kk * sp[0]) ** 2 + (jj * sp[1]) ** 2 + (ii * sp[2]) ** 2 <= margin_mm ** 2 + 1e-9
+        return ndimage.binary_dilation(box, structure=ball)
+    return ndimage.distance_transform_edt(~box, sampling=sp) <= margin_mm + 1e-6
 
 
 def shrink_margin(mask: np.ndarray, grid: Volume, margin_mm: float) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from navigator.anatomy.structures import expand_margin
 from navigator.core.volume import Volume
 
 BODY_HU = -400.0        # soft tissue vs air/lung boundary for the outer contour
@@ -147,16 +148,11 @@ def internal_air_mask(ct: Volume, body: np.ndarray, threshold_hu: float = INTERN
 
 def dilate_mm(mask: np.ndarray, grid: Volume, margin_mm: float) -> np.ndarray:
     """Isotropic dilation by ``margin_mm``: a voxel joins when its centre is within ``margin_mm`` of a mask
-    voxel's centre (anisotropic voxels handled). Small margins use an ellipsoidal structuring element."""
+    voxel's centre (anisotropic voxels handled); what would lie beyond the grid is dropped. The one margin
+    algorithm, ``structures.expand_margin``, with its centre rule."""
     if margin_mm <= 0 or not mask.any():
         return mask.copy()
-    sk, sj, si = grid.spacing_mm[2], grid.spacing_mm[1], grid.spacing_mm[0]
-    r = [int(np.floor(margin_mm / s)) for s in (sk, sj, si)]
-    if max(r) <= 4:
-        kk, jj, ii = np.meshgrid(*[np.arange(-n, n + 1) for n in r], indexing="ij")
-        ball = (kk * sk) ** 2 + (jj * sj) ** 2 + (ii * si) ** 2 <= margin_mm ** 2 + 1e-9
-        return ndimage.binary_dilation(mask, structure=ball)
-    return ndimage.distance_transform_edt(~mask, sampling=(sk, sj, si)) <= margin_mm
+    return expand_margin(mask, grid, margin_mm, rule="centre", beyond_grid="clip")
 
 
 def inner_depth_mm(mask: np.ndarray, grid: Volume) -> np.ndarray:
@@ -166,10 +162,12 @@ def inner_depth_mm(mask: np.ndarray, grid: Volume) -> np.ndarray:
 
 
 def ctv_mask(gtv: np.ndarray, grid: Volume, margin_mm: float = 5.0, body: np.ndarray | None = None,
-             expand=None) -> np.ndarray:
-    """CTV = GTV grown by ``margin_mm`` and clipped to the body. ``expand(mask, grid, mm)`` may be given
-    (``structures.expand_margin``); by default an exact Euclidean dilation."""
-    ctv = (expand or dilate_mm)(gtv, grid, margin_mm) if margin_mm > 0 else gtv.copy()
+             rule: str = "centre", beyond_grid: str = "clip") -> np.ndarray:
+    """CTV = GTV grown by ``margin_mm`` and clipped to the body, by ``structures.expand_margin`` with its
+    ``rule`` (``"surface"``: never smaller than the margin asks, as the planner and the post-implant evaluation
+    use it; ``"centre"``: centre-to-centre) and ``beyond_grid`` (``"error"``: StructureError when the margin
+    would reach beyond the grid; ``"clip"``: grow what the grid holds)."""
+    ctv = expand_margin(gtv, grid, margin_mm, rule=rule, beyond_grid=beyond_grid) if margin_mm > 0 else gtv.copy()
     if body is not None:
         ctv &= body
     return ctv

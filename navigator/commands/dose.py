@@ -99,6 +99,8 @@ def _dose_grid(args, seeds_mm) -> tuple[Volume, Volume | None]:
         from navigator.io.dicom import load_ct_series
 
         ct = load_ct_series(args.ct)
+        # not a grid over a box (``grid_volume``): the dose goes on the CT's own voxels, so the RT Dose
+        # overlays the given series voxel for voxel
         grid = Volume(array=np.zeros(ct.array.shape, np.float32), origin_mm=ct.origin_mm, spacing_mm=ct.spacing_mm,
                       direction=ct.direction, frame_of_reference_uid=ct.frame_of_reference_uid,
                       study_uid=ct.study_uid, patient_id=ct.patient_id, patient_name=ct.patient_name)  # fmt: skip
@@ -112,6 +114,8 @@ def _dose_grid(args, seeds_mm) -> tuple[Volume, Volume | None]:
     if not (args.grid_mm > 0 and math.isfinite(args.grid_mm)) or args.grid_mm > 10:
         raise InputError(f"--grid-mm {args.grid_mm} mm must be > 0 and <= 10 mm (default 1 mm)")
     lo, hi = seeds_mm.min(0) - GRID_MARGIN_MM, seeds_mm.max(0) + GRID_MARGIN_MM
+    # the user named the step: a grid too big is refused, not coarsened (as ``grid_volume(max_voxels=)`` does
+    # for the plan's and the post-implant grids); the count is grid_volume's own (cover=True)
     n_voxels = float(np.prod(np.ceil((hi - lo) / args.grid_mm) + 1))
     if n_voxels > MAX_VOXELS:
         raise InputError(

@@ -153,59 +153,7 @@ def write_outputs(out, res, ct, structures) -> dict:
 
 
 def plan_html(res, ct) -> str:
-    """plan.html: metrics, checks, DVH, isodose lines (50/100/150/200 %) on axial slices, needles and seeds."""
-    from navigator.report import html as H
-    from navigator.report import plots as R
+    """plan.html of this planning run on ``ct`` (the page is built by ``navigator.report.pages.plan``)."""
+    from navigator.report.pages import PlanImages, plan_page
 
-    plan = res.plan
-    m = plan.metrics
-    rx = plan.prescription_gy
-    dose = res.dose
-    dvhs = {"CTV": R.cumulative_dvh(dose.array, res.ctv_dose_mask, 3 * rx)}
-    for name, mask in res.oar_dose_masks.items():
-        if mask.any():  # only the part of the OAR inside the dose grid (the metrics table covers all of it)
-            dvhs[f"{name} (in dose grid)"] = R.cumulative_dvh(dose.array, mask, 3 * rx)
-    dvh_png = R.png_base64(R.dvh_figure(dvhs, rx_gy=rx, title=f"DVH (dose grid {dose.spacing_mm[0]:g} mm)"))
-    outlines = {"CTV": res.ctv_mask, plan.target: res.gtv_mask}
-    hot_oars = sorted(((v.get("D0.1cc_gy") or 0.0, n) for n, v in m.get("oars", {}).items()), reverse=True)
-    for d01, name in hot_oars[:4]:  # the OARs that matter on these slices: the most exposed ones
-        if d01 >= 0.3 * rx and name in res.masks.get("oars", {}):
-            outlines[name] = res.masks["oars"][name]
-    iso_png = R.png_base64(R.isodose_slices_figure(ct, dose, rx, outlines, markers=plan.seed_positions_mm(),
-                                                   n_slices=3, title="isodose lines, % of Rx"))
-    target_rows = [(k, m[k]) for k in ("ctv_cc", "D90_gy", "D100_gy", "V90_pct", "V100_pct", "V150_pct",
-                                        "V200_pct", "HI", "CI_paddick") if k in m]
-    oar_rows = [(n, v.get("Dmax_gy"), v.get("D2cc_gy"), v.get("D0.1cc_gy"),
-                 plan.extra["oar_limits"].get(n, {}).get("D0.1cc_gy")) for n, v in m.get("oars", {}).items()]
-    check_rows = [(k, v.get("ok")) for k, v in res.checks.items() if isinstance(v, dict)]
-    needle_rows = []
-    for n in plan.needles:
-        seeds = plan.seeds_of(n.id)
-        needle_rows.append((n.id, n.hole or "single", round(n.length_mm, 1), len(seeds),
-                            ", ".join(f"{n.depth_of(s.position_mm):.1f}" for s in seeds)))
-    tpl = plan.extra["template"]
-    opt = plan.extra["optimizer"]
-    return H.page(
-        f"Pre-plan: {plan.target}, {rx:g} Gy, {len(plan.seeds)} seeds",
-        H.paragraph(f"CT series {plan.ct_series_uid}, frame of reference {plan.frame_of_reference_uid}. "
-                    f"Seed model {plan.seed_model}, S_K {plan.seed_sk_u:.3f} U per seed "
-                    f"({plan.extra['seed_activity_mci']:g} mCi). CTV = {plan.target} + "
-                    f"{plan.extra['ctv']['margin_mm']:g} mm, clipped to the body. All coordinates LPS mm."),
-        H.section("Target", H.table(target_rows, ["metric", "value"])),
-        H.section("Clinical goals", H.table(check_rows, ["check", "met"])),
-        H.section("Organs at risk (Gy)", H.table(oar_rows, ["OAR", "Dmax", "D2cc", "D0.1cc", "limit D0.1cc"]),
-                  H.paragraph(plan.extra.get("oar_metrics_method", ""), "note")),
-        H.section("DVH", H.image(dvh_png, "DVH")),
-        H.section("Isodose lines", H.image(iso_png, "isodose lines on axial slices"),
-                  H.paragraph("Blue 50 %, red 100 %, orange 150 %, magenta 200 % of the prescription; dashed: "
-                              "CTV and target; circles: seeds within 2.5 mm of the slice.", "note")),
-        H.section("Needles (depths from the template hole's reference point, mm; deepest seed first)",
-                  H.paragraph(f"Template {tpl['rows']} x {tpl['cols']} holes ({tpl['hole_ids']}), pitch "
-                              f"{tpl['pitch_mm']:g} mm, needle direction {tpl['normal_lps']} (LPS), "
-                              f"approach {plan.extra['insertion_direction']}."),
-                  H.table(needle_rows, ["needle", "hole", "tip depth", "seeds", "seed depths"], 1)),
-        H.section("Optimiser", H.table([(k, v) for k, v in opt.items() if not isinstance(v, (dict, list))],
-                                       ["item", "value"]),
-                  H.table([tuple(r.values()) for r in opt["rounds"]], list(opt["rounds"][0].keys()))
-                  if opt.get("rounds") else ""),
-    )
+    return plan_page(res.plan, PlanImages.from_result(res, ct))

@@ -30,12 +30,25 @@ def hole_id(row: int, col: int) -> str:
     return f"{ROW_LETTERS[row]}{col + 1}"
 
 
-def parse_hole(hole: str) -> tuple[int, int]:
-    """Hole id -> zero-based (row, col); ``"C12"`` -> ``(2, 11)``."""
-    m = _HOLE_RE.match(str(hole).strip().upper())
+def hole_rc(hole) -> tuple[int, int] | None:
+    """Hole id -> zero-based (row, col), or None when it is not a hole id (case and spaces forgiven)."""
+    m = _HOLE_RE.match(str(hole or "").strip().upper())
     if m is None or int(m.group(2)) < 1:
-        raise PlanError(f"template hole {hole!r} is not a hole id; ids are a row letter A-Z and a column 1-99 (e.g. C7)")
+        return None
     return ROW_LETTERS.index(m.group(1)), int(m.group(2)) - 1
+
+
+def is_hole_id(hole) -> bool:
+    """True for a hole id exactly as the applicator takes it (``"C7"``: upper-case letter, column 1-99)."""
+    return isinstance(hole, str) and hole == hole.strip().upper() and hole_rc(hole) is not None
+
+
+def parse_hole(hole: str) -> tuple[int, int]:
+    """Hole id -> zero-based (row, col); ``"C12"`` -> ``(2, 11)``; PlanError when it is not one."""
+    rc = hole_rc(hole)
+    if rc is None:
+        raise PlanError(f"template hole {hole!r} is not a hole id; ids are a row letter A-Z and a column 1-99 (e.g. C7)")
+    return rc
 
 
 @dataclass

@@ -112,14 +112,75 @@ class Volume:
         )
 
 
-def grid_volume(lo_mm, hi_mm, step_mm: float, frame_of_reference_uid: str = "") -> Volume:
-    """An empty axis-aligned float32 grid covering the LPS box [lo, hi] at ``step_mm`` (e.g. a dose grid)."""
+# --- grids and crops -----------------------------------------------------------------------------------
+def grid_volume(lo_mm, hi_mm, step_mm: float, frame_of_reference_uid: str = "", *, like: Volume | None = None,
+                max_voxels: int | None = None, cover: bool = True) -> Volume:
+    """An empty float32 grid over the box [lo, hi] at ``step_mm``: the one way a dose grid (or a grid to
+    rasterise a structure on) is built.
+
+    Without ``like``: axis-aligned, ``lo``/``hi`` in LPS mm, the origin at ``lo``. With ``like`` (a CT): in its
+    orientation, ``lo``/``hi`` in mm along its i, j, k axes from its origin, with its identity (frame of
+    reference, series, study, patient; ``frame_of_reference_uid`` is then not used) and
+    ``meta["kind"] = "dose grid"``.
+    ``cover``: True: ceil(extent / step) + 1 voxels per axis (at least 1), so the last voxel centre reaches
+    ``hi`` or beyond and the box is covered; False: floor(extent / step) + 1, so the grid stays inside the box
+    (the plan's and the post-implant dose grids, whose box already holds their margin).
+    ``max_voxels``: the step grows by 0.5 mm until the grid holds no more voxels than this.
+    """
     lo = np.asarray(lo_mm, dtype=float)
     hi = np.asarray(hi_mm, dtype=float)
-    n = np.maximum(1, np.ceil((hi - lo) / step_mm).astype(int) + 1)
-    return Volume(
-        array=np.zeros((n[2], n[1], n[0]), dtype=np.float32),
-        origin_mm=lo,
-        spacing_mm=np.full(3, float(step_mm)),
-        frame_of_reference_uid=frame_of_reference_uid,
-    )
+
+    def counts(step):
+        if cover:
+            return np.maximum(1, np.ceil((hi - lo) / step).astype(int) + 1)
+        return (np.floor((hi - lo) / step) + 1).astype(int)
+
+    step = step_mm
+    if max_voxels is not None:
+        while np.prod(counts(step).astype(float)) > max_voxels:
+            step += 0.5
+    n = counts(step)
+    array = np.zeros((n[2], n[1], n[0]), dtype=np.float32)
+    if like is None:
+        return Volume(array=array, origin_mm=lo, spacing_mm=np.full(3, float(step)),
+                      frame_of_reference_uid=frame_of_reference_uid)
+    return Volume(array=array, origin_mm=like.origin_mm + like.direction @ lo, spacing_mm=np.full(3, float(step)),
+                  direction=like.direction.copy(), frame_of_reference_uid=like.frame_of_reference_uid,
+                  series_uid=like.series_uid, study_uid=like.study_uid, patient_id=like.patient_id,
+                  patient_name=like.patient_name, meta={"kind": "dose grid"})
+
+
+def index_box(ijk, pad_vox, size_ijk, margin_vox: int = 0, allow_empty: bool = False):
+    """Index bounds (lo, hi), each (i, j, k), hi exclusive, of the voxels within ``pad_vox`` (continuous, per
+    axis) plus ``margin_vox`` whole voxels of the continuous indices ``ijk`` (..., 3), clipped to an array of
+    ``size_ijk`` voxels. Never empty (at least the voxel nearest the points along each axis) unless
+    ``allow_empty``: then a box wholly off the array is empty along that axis."""
+    ijk = np.asarray(ijk, dtype=float).reshape(-1, 3)
+    size = np.asarray(size_ijk)
+    lo = np.floor(ijk.min(0) - pad_vox).astype(int) - margin_vox
+    hi = np.ceil(ijk.max(0) + pad_vox).astype(int) + margin_vox + 1
+    if allow_empty:
+        return np.maximum(lo, 0), np.minimum(hi, size)
+    lo = np.clip(lo, 0, size - 1)
+    return lo, np.clip(hi, lo + 1, size)
+
+
+def voxel_box(vol: Volume, points_mm, margin_mm=0.0, margin_vox: int = 0, allow_empty: bool = False):
+    """``index_box`` of the voxels of ``vol`` within ``margin_mm`` (plus ``margin_vox`` voxels) of the LPS
+    points' bounding box in ``vol``'s index axes: (lo, hi), each (i, j, k), hi exclusive."""
+    return index_box(vol.lps_to_ijk(points_mm), np.asarray(margin_mm, dtype=float) / vol.spacing_mm,
+                     vol.shape_ijk, margin_vox, allow_empty)
+
+
+def box_slices(lo, hi) -> tuple[slice, slice, slice]:
+    """numpy (k, j, i) slices of the (i, j, k) index box [lo, hi)."""
+    return slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0])
+
+
+def crop(vol: Volume, points_mm, margin_mm=0.0, margin_vox: int = 0) -> tuple[Volume, tuple[slice, slice, slice]]:
+    """The part of ``vol`` around LPS points (``voxel_box``: + ``margin_mm`` and ``margin_vox``, never empty) as
+    a Volume over a view of its array, with its geometry and identity; and the (k, j, i) slices taken."""
+    lo, hi = voxel_box(vol, points_mm, margin_mm, margin_vox)
+    sl = box_slices(lo, hi)
+    return replace(vol, array=vol.array[sl], origin_mm=vol.ijk_to_lps(lo), spacing_mm=vol.spacing_mm.copy(),
+                   direction=vol.direction.copy(), meta=dict(vol.meta)), sl

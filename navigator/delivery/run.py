@@ -15,7 +15,6 @@ Depths: mm from the needle's ``entry_mm`` along the needle (plan.json), the SGP/
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,8 +25,8 @@ from navigator.delivery.applicator import (Applicator, ApplicatorError, CounterM
 from navigator.errors import DeliveryError, PlanError
 from navigator.delivery.ledger import SeedLedger
 from navigator.core.plan import Plan
+from navigator.core.template import is_hole_id
 
-HOLE_RE = re.compile(r"^[A-Z][0-9]{1,2}$")
 DEPTH_MATCH_MM = 0.05     # a RECORD matches a ledger line if the depths agree to the wire's 0.1 mm resolution
 RETRACT_MIN_MM, RETRACT_MAX_MM = 0.5, 50.0
 STOP_CODES = {"E_JAM": "the release jammed (no seed left); the device is in FAULT: clear the jam, RESET, resume",
@@ -52,7 +51,7 @@ def delivery_tasks(plan: Plan) -> list[list[SeedTask]]:
         seeds = plan.seeds_of(needle.id)
         if not seeds:
             continue
-        if not isinstance(needle.hole, str) or not HOLE_RE.match(needle.hole):
+        if not is_hole_id(needle.hole):
             raise PlanError(f"needle {needle.id}: template hole {needle.hole!r} is not a hole id like C7; "
                             "the applicator needs the hole of every needle that carries seeds")
         tip = round(needle.length_mm, 1)

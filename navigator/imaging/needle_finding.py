@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from navigator.core.volume import Volume
+from navigator.core.volume import Volume, box_slices, index_box, voxel_box
 
 __all__ = ["NeedleFindingSettings", "FoundNeedle", "NeedleMatch", "NeedleSearch", "find_needles",
            "planned_in_intraop"]
@@ -170,12 +170,8 @@ def find_needles(ct: Volume, planned, settings: NeedleFindingSettings | None = N
 
 def _box(ct: Volume, points_mm: np.ndarray, margin_mm: float):
     """The sub-array (view, (k, j, i)) covering the points + margin, and its (i, j, k) offset."""
-    ijk = ct.lps_to_ijk(points_mm)
-    m = margin_mm / ct.spacing_mm
-    size = np.array(ct.shape_ijk)
-    lo = np.clip(np.floor(ijk.min(0) - m).astype(int), 0, size - 1)
-    hi = np.clip(np.ceil(ijk.max(0) + m).astype(int) + 1, lo + 1, size)
-    return ct.array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], lo
+    lo, hi = voxel_box(ct, points_mm, margin_mm)
+    return ct.array[box_slices(lo, hi)], lo
 
 
 def _candidates(ct: Volume, sub: np.ndarray, offset: np.ndarray, s: NeedleFindingSettings, mean_dir,
@@ -290,11 +286,8 @@ def _refit(ct: Volume, sub: np.ndarray, offset: np.ndarray, p: dict, s: NeedleFi
     """Refit the axis on all voxels near it (halo included), weighted by HU above ``refit_floor_hu``."""
     r = s.refit_radius_mm
     ends = np.array([p["centroid"] + (p["t0"] - r) * p["axis"], p["centroid"] + (p["t1"] + r) * p["axis"]])
-    ijk = ct.lps_to_ijk(ends) - offset
-    pad = r / ct.spacing_mm
-    lo = np.clip(np.floor(ijk.min(0) - pad).astype(int), 0, np.array(sub.shape[::-1]) - 1)
-    hi = np.clip(np.ceil(ijk.max(0) + pad).astype(int) + 1, lo + 1, np.array(sub.shape[::-1]))
-    block = sub[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+    lo, hi = index_box(ct.lps_to_ijk(ends) - offset, r / ct.spacing_mm, sub.shape[::-1])  # box inside ``sub``
+    block = sub[box_slices(lo, hi)]
     kk, jj, ii = np.nonzero(block > s.refit_floor_hu)  # numpy (k, j, i) -> ijk
     if len(kk) < 3:
         return p

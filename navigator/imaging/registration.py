@@ -36,13 +36,13 @@ Different patient ids raise :class:`navigator.errors.InputError`.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from navigator.errors import InputError, RegistrationError
 from navigator.core.transform import RigidTransform
-from navigator.core.volume import Volume
+from navigator.core.volume import Volume, crop
 
 __all__ = [
     "RegistrationSettings",
@@ -258,13 +258,8 @@ def _subvolume(vol: Volume, lo_mm, hi_mm, margin_vox: int = 2) -> Volume:
     resamples a few MB instead of the whole 512 x 512 x N series."""
     corners = np.array([[x, y, z] for x in (lo_mm[0], hi_mm[0]) for y in (lo_mm[1], hi_mm[1])
                         for z in (lo_mm[2], hi_mm[2])])
-    ijk = vol.lps_to_ijk(corners)
-    size = np.array(vol.shape_ijk)
-    a = np.clip(np.floor(ijk.min(0)).astype(int) - margin_vox, 0, size - 1)
-    b = np.clip(np.ceil(ijk.max(0)).astype(int) + margin_vox + 1, a + 1, size)
-    arr = vol.array[a[2]:b[2], a[1]:b[1], a[0]:b[0]]  # numpy (k, j, i) meets ijk here
-    return Volume(array=np.ascontiguousarray(arr, dtype=np.float32), origin_mm=vol.ijk_to_lps(a),
-                  spacing_mm=vol.spacing_mm, direction=vol.direction)
+    sub, _ = crop(vol, corners, margin_vox=margin_vox)
+    return replace(sub, array=np.ascontiguousarray(sub.array, dtype=np.float32))
 
 
 def _metal_mask(metal: np.ndarray, dilation_mm: float, step_mm: float) -> np.ndarray:

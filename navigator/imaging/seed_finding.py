@@ -249,6 +249,8 @@ def _measure_blob(arr, labels, lab, sl, spacing, psf_var, s: SeedFindingSettings
     reach_mm = s.window_mm + 2.5 * np.sqrt(psf_var[::-1]) - 2.5 * s.scanner_blur_sigma_mm
     r_vox = np.maximum(1, np.round(reach_mm / spacing[::-1]).astype(int))   # (k, j, i) radii in voxels
     pad = r_vox + 2
+    # the labelled component's own (k, j, i) slices grown by whole voxels: an index-space box, not a box
+    # around LPS points (``core.volume.voxel_box``), so it needs no coordinates
     lo = [max(0, x.start - p) for x, p in zip(sl, pad)]
     hi = [min(n, x.stop + p) for x, p, n in zip(sl, pad, arr.shape)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi))

@@ -15,13 +15,12 @@ one it is fitted to the plan's needles' holes and entries (5 mm pitch lattice).
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
+
+from navigator.core.template import MAX_COLS, MAX_ROWS, hole_id, hole_rc
 
 __all__ = ["HoleLocator", "advise", "direction_words"]
 
-_HOLE = re.compile(r"^([A-Z])([0-9]{1,2})$")
 _WORDS = (("patient left", "patient right"), ("posterior", "anterior"), ("superior", "inferior"))
 
 
@@ -69,18 +68,18 @@ class HoleLocator:
         basis = np.stack([row_v, col_v], axis=1)  # 3 x 2
         rc, *_ = np.linalg.lstsq(basis, np.asarray(point_mm, float) - origin, rcond=None)
         r, c = int(np.rint(rc[0])), int(np.rint(rc[1]))
-        if not (0 <= r < 26 and 0 <= c < 99):
+        if not (0 <= r < MAX_ROWS and 0 <= c < MAX_COLS):
             return None
-        return f"{chr(ord('A') + r)}{c + 1}"
+        return hole_id(r, c)
 
 
 def _fit_lattice(plan):
     """Least-squares hole lattice: entry = origin + row * row_v + col * col_v from the plan's needles."""
     rows, pts = [], []
     for n in plan.needles:
-        m = _HOLE.match(str(n.hole or "").strip().upper())
-        if m:
-            rows.append([1.0, ord(m.group(1)) - ord("A"), int(m.group(2)) - 1])
+        rc = hole_rc(n.hole)
+        if rc is not None:
+            rows.append([1.0, rc[0], rc[1]])
             pts.append(n.entry_mm)
     if len(rows) < 3:
         return None

@@ -10,7 +10,7 @@ Seed axes ``None`` means the orientation is unknown (the usual case after implan
 ``dose_at_points`` and ``naive_dose_on_grid`` evaluate ``tg43`` directly, seed by seed: the reference.
 ``dose_on_grid`` is the fast engine, built on an exact split of each seed's kernel K = K·(1−s) + K·s with a
 smooth window s(e) of the ellipsoidal distance e = sqrt((z/A)² + (ρ/B)²) from the seed (z along its axis, ρ
-away from it; A = ``NEAR_AXIAL_MM``, B = ``NEAR_RADIAL_MM``; 1D: a sphere of radius B). s is the C³
+away from it; A = ``kernel.NEAR_AXIAL_MM``, B = ``kernel.NEAR_RADIAL_MM``; 1D: a sphere of radius B). s is the C³
 smoothstep 35e⁴ − 84e⁵ + 70e⁶ − 20e⁷: 0 at the seed, 1 from e = 1 on; its e⁴ start keeps K·s smooth at the
 seed (K·s ~ r², where a cubic start leaves a cusp that the coarse grid cannot follow).
 - near part K·(1−s): evaluated at every voxel inside the ellipsoid from a fine (0.05 mm) cylindrical table;
@@ -20,12 +20,13 @@ seed (K·s ~ r², where a cubic start leaves a cusp that the coarse grid cannot 
   ``COARSE_STEP_MM``) from a 0.25 mm table, then brought to every voxel by separable 6-point Lagrange (quintic)
   interpolation.
 The tables hold K·w·(r² + a²) (w = 1−s or s, a = the capsule radius), which varies slowly where K varies as
-1/r², so bilinear lookup stays well inside 0.1 %; they are built once per seed model and formalism and cached.
+1/r², so bilinear lookup stays well inside 0.1 %; they are built once per seed model and formalism and cached
+by ``navigator.physics.kernel`` (the one home of the TG-43 tables: this engine's and the influence matrices').
 Voxels in or at a seed's own capsule are evaluated directly (the capsule convention of ``tg43`` has a kink
 there that no table resolves). The per-pair arithmetic runs in float32 (distances < 1 m: ~1e-5 relative).
-Measured against the reference (tests/test_dose.py, bench/bench_dose.py): <= 0.4 % where the dose exceeds
+Measured against the reference (tests/physics/test_dose.py, bench/bench_dose.py): <= 0.4 % where the dose exceeds
 10 % of the maximum in an implant-like cluster; the worst case is an isolated seed's axis 4-6 mm out (~1 %).
-Accuracy against the reference is a test (tests/test_dose.py); speed is measured by bench/bench_dose.py.
+Accuracy against the reference is a test (tests/physics/test_dose.py); speed is measured by bench/bench_dose.py.
 """
 
 from __future__ import annotations
@@ -35,18 +36,24 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from navigator.physics import tg43
-from navigator.errors import InputError
 from navigator.core.volume import Volume
+from navigator.errors import InputError
+from navigator.physics import tg43
+from navigator.physics.kernel import (
+    FAR_TABLE_STEP_MM,
+    NEAR_TABLE_STEP_MM,
+    ellipsoidal_distance,
+    far_share,
+    grid_kernel_tables,
+    lookup,
+    lookup32,
+    near_radii,
+)
 
-# Near ellipsoid and coarse step: accuracy is set by the ratios semi-axis / step (≈ 4 across, 9 along the axis);
-# cost by the ellipsoid's volume in voxels plus the coarse nodes, each times the number of seeds.
-NEAR_RADIAL_MM = 16.0  # semi-axis across the seed axis
-NEAR_AXIAL_MM = 36.0  # semi-axis along the seed axis
+# Coarse step of the far field's sub-grid: accuracy is set by the near ellipsoid's semi-axes / this step
+# (≈ 4 across, 9 along the axis; the semi-axes live with the tables in ``kernel``); cost by the ellipsoid's
+# volume in voxels plus the coarse nodes, each times the number of seeds.
 COARSE_STEP_MM = 4.0  # target spacing of the far-field sub-grid
-NEAR_TABLE_STEP_MM = 0.05
-FAR_TABLE_STEP_MM = 0.25
-_TABLE_CACHE: dict = {}
 
 
 # --- input checks --------------------------------------------------------------------------------------
@@ -109,81 +116,6 @@ def naive_dose_on_grid(grid: Volume, seeds_mm, axes, sk_u, model: tg43.SeedModel
     return dose_at_points(pts, seeds_mm, axes, sk_u, model, t_h).reshape(grid.array.shape).astype(np.float32)
 
 
-# --- kernel tables -------------------------------------------------------------------------------------
-def _near_radii(formalism: str) -> tuple[float, float]:
-    """(across, along) semi-axes of the near region in mm; a sphere for the isotropic 1D kernel."""
-    return (NEAR_RADIAL_MM, NEAR_AXIAL_MM) if formalism == "2D" else (NEAR_RADIAL_MM, NEAR_RADIAL_MM)
-
-
-def _ellipsoidal_distance(z_mm, rho_mm, formalism: str):
-    r_rad, r_ax = _near_radii(formalism)
-    return np.sqrt((np.asarray(z_mm) / r_ax) ** 2 + (np.asarray(rho_mm) / r_rad) ** 2)
-
-
-def _kernel_tables(model: tg43.SeedModel, formalism: str, extent_mm: float):
-    """(near, far) float32 tables of T[iz, iρ] = Ḋ(z, ρ)·(r² + a²) for 1 U (cGy/h·mm²), z, ρ = index·step mm.
-
-    a is the capsule radius (keeps T finite and slowly varying down to r = 0). The window is built in:
-    near = T·(1 − s(e)) at NEAR_TABLE_STEP_MM, far = T·s(e) at FAR_TABLE_STEP_MM up to extent_mm, with
-    e = sqrt((z/NEAR_AXIAL_MM)² + (ρ/NEAR_RADIAL_MM)²) the ellipsoidal distance (e < 1: near region).
-    """
-    key = (model.name, model.tables.checksum(), model.Lambda_cgy_h_u, model.L_cm, formalism,
-           NEAR_RADIAL_MM, NEAR_AXIAL_MM, NEAR_TABLE_STEP_MM, FAR_TABLE_STEP_MM, extent_mm)  # fmt: skip
-    tables = _TABLE_CACHE.get(key)
-    if tables is None:
-        a_mm = model.capsule_radius_cm * 10.0
-        tables = []
-        r_rad, r_ax = _near_radii(formalism)
-        for step_mm, reach_z, reach_rho, near in ((NEAR_TABLE_STEP_MM, r_ax, r_rad, True),
-                                                  (FAR_TABLE_STEP_MM, extent_mm, extent_mm, False)):  # fmt: skip
-            # the near table only spans the near ellipsoid's box (z <= its axial, ρ <= its radial semi-axis)
-            z_mm = np.arange(int(math.ceil(reach_z / step_mm)) + 2) * step_mm
-            rho_mm = np.arange(int(math.ceil(reach_rho / step_mm)) + 2) * step_mm
-            z_mm, rho_mm = np.meshgrid(z_mm, rho_mm, indexing="ij")
-            rate = tg43.dose_rate_cyl_cgy_h(model, 1.0, z_mm / 10.0, rho_mm / 10.0, formalism)
-            r2 = z_mm**2 + rho_mm**2
-            s = _far_share(_ellipsoidal_distance(z_mm, rho_mm, formalism))
-            tables.append(np.ascontiguousarray(rate * (r2 + a_mm**2) * ((1.0 - s) if near else s), dtype=np.float32))
-        tables = tuple(tables)
-        _TABLE_CACHE[key] = tables
-    return tables
-
-
-def _far_share(t):
-    """s(e): the far field's share of a seed's kernel; 0 at the seed, 1 from e = 1 on (C³ smoothstep, ~35 e⁴)."""
-    t = np.clip(t, 0.0, 1.0)
-    return t**4 * (35.0 + t * (-84.0 + t * (70.0 - 20.0 * t)))
-
-
-@njit(inline="always", cache=True)
-def _lookup(table, inv_step, z, rho):
-    """Bilinear lookup at (z, ρ) mm >= 0; beyond the table the last row/column (callers keep inside it)."""
-    fz = min(z * inv_step, table.shape[0] - 1.0001)
-    fr = min(rho * inv_step, table.shape[1] - 1.0001)
-    iz = int(fz)
-    ir = int(fr)
-    tz = fz - iz
-    tr = fr - ir
-    return (1.0 - tz) * ((1.0 - tr) * table[iz, ir] + tr * table[iz, ir + 1]) + tz * (
-        (1.0 - tr) * table[iz + 1, ir] + tr * table[iz + 1, ir + 1]
-    )
-
-
-@njit(inline="always", cache=True)
-def _lookup32(table, inv_step, z, rho):
-    """``_lookup`` in float32 arithmetic (table float32)."""
-    one = np.float32(1.0)
-    fz = min(z * inv_step, np.float32(table.shape[0] - 1.0001))
-    fr = min(rho * inv_step, np.float32(table.shape[1] - 1.0001))
-    iz = int(fz)
-    ir = int(fr)
-    tz = fz - np.float32(iz)
-    tr = fr - np.float32(ir)
-    return (one - tz) * ((one - tr) * table[iz, ir] + tr * table[iz, ir + 1]) + tz * (
-        (one - tr) * table[iz + 1, ir] + tr * table[iz + 1, ir + 1]
-    )
-
-
 @njit(parallel=True, fastmath=True, cache=True)
 def _near_field(out, spacing, sx, sy, sz, ux, uy, uz, sk, table, inv_step, a2, r_rad, r_ax):
     """out[k, j, i] += Σ_s sk·K_near(voxel − seed) over the voxels inside each seed's near ellipsoid."""
@@ -229,7 +161,7 @@ def _near_field(out, spacing, sx, sy, sz, ux, uy, uz, sk, table, inv_step, a2, r
                     r2a = dx * dx + q2
                     z = abs(dx * uxf + bf)
                     rho = math.sqrt(max(r2a - a2f - z * z, np.float32(0.0)))
-                    out[k, j, i] += w * _lookup32(table, inv, z, rho) / r2a
+                    out[k, j, i] += w * lookup32(table, inv, z, rho) / r2a
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -254,7 +186,7 @@ def _far_field(coarse, step, offset, sx, sy, sz, ux, uy, uz, sk, table, inv_step
                     r2 = dx * dx + dy * dy + dz * dz
                     z = abs(dx * ux[s] + dy * uy[s] + dz * uz[s])
                     rho = math.sqrt(max(r2 - z * z, np.float32(0.0)))
-                    acc += sk[s] * _lookup32(table, inv, z, rho) / (r2 + a2f)
+                    acc += sk[s] * lookup32(table, inv, z, rho) / (r2 + a2f)
                 coarse[k, j, i] = acc
 
 
@@ -352,7 +284,7 @@ def _capsule_candidates(shape, spacing, sx, sy, sz, ux, uy, uz, sk, table, inv_s
                         seed[n] = s
                         ijk[n, 0], ijk[n, 1], ijk[n, 2] = i, j, k
                         zr[n, 0], zr[n, 1] = z, rho
-                        looked[n] = sk[s] * _lookup(table, inv_step, z, rho) / (r2 + a2)
+                        looked[n] = sk[s] * lookup(table, inv_step, z, rho) / (r2 + a2)
                         n += 1
     return seed[:n], ijk[:n], zr[:n], looked[:n]
 
@@ -378,7 +310,7 @@ def _capsule_voxels_exact(out, spacing, soa, model, near, formalism) -> None:
     z, rho = zr[:, 0], zr[:, 1]
     sk = soa[6][seed]
     exact = tg43.dose_rate_cyl_cgy_h(model, sk, z / 10.0, rho / 10.0, formalism)
-    exact_near = exact * (1.0 - _far_share(_ellipsoidal_distance(z, rho, formalism)))
+    exact_near = exact * (1.0 - far_share(ellipsoidal_distance(z, rho, formalism)))
     np.add.at(out, (ijk[:, 2], ijk[:, 1], ijk[:, 0]), exact_near - looked)
 
 
@@ -413,9 +345,9 @@ def dose_on_grid(grid: Volume, seeds_mm, axes, sk_u, model: tg43.SeedModel, t_h:
     corners = offset + step * (n_coarse - 1) * np.array(np.meshgrid([0, 1], [0, 1], [0, 1])).reshape(3, -1).T
     reach = np.max(np.linalg.norm(corners[None, :, :] - seeds_g[:, None, :], axis=2))
     extent = 100.0 * math.ceil((reach + 1.0) / 100.0)  # rounded up, so one cached table serves many grids
-    near, far = _kernel_tables(model, formalism, extent)
+    near, far = grid_kernel_tables(model, formalism, extent)
 
-    _near_field(out, spacing, *soa, near, 1.0 / NEAR_TABLE_STEP_MM, a2, *_near_radii(formalism))
+    _near_field(out, spacing, *soa, near, 1.0 / NEAR_TABLE_STEP_MM, a2, *near_radii(formalism))
     _capsule_voxels_exact(out, spacing, soa, model, near, formalism)
     coarse = np.empty((n_coarse[2], n_coarse[1], n_coarse[0]))
     soa32 = [c.astype(np.float32) for c in soa]

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-from navigator.errors import PlanError
-from navigator.core.volume import Volume
+from navigator.core.sampling import Sampler, sample_nearest
 from navigator.core.template import GuideTemplate, hole_id
+from navigator.core.volume import Volume
+from navigator.errors import PlanError
 
 # Insertion directions tried (unit vectors *into* the patient, LPS): anterior, antero-lateral, lateral;
 # posterior and postero-lateral only for prone patients (or when allowed): a supine patient lies on them.
@@ -44,7 +45,7 @@ class PlanningField:
     ctv: np.ndarray
 
 
-@dataclass
+@dataclass(frozen=True)
 class NeedleOptions:
     needle_spacing_mm: float = 10.0
     min_needles: int = 5               # fewer at the needle spacing: use the 5 mm hole pitch instead
@@ -92,28 +93,6 @@ class NeedleLayout:
         if not pos:
             return np.zeros((0, 3)), np.zeros(0, int), np.zeros((0, 3))
         return np.concatenate(pos), np.concatenate(idx), np.concatenate(ax)
-
-
-# --- sampling masks along lines ----------------------------------------------------------------------
-def sample_nearest(field_arr: np.ndarray, grid: Volume, points_mm: np.ndarray, outside=0):
-    """Nearest-voxel values of a (k, j, i) array at LPS points; ``outside`` where a point is off the grid."""
-    return Sampler(grid, points_mm).take(field_arr, outside)
-
-
-class Sampler:
-    """Nearest-voxel lookups of several arrays on one grid at the same LPS points (index maths done once)."""
-
-    def __init__(self, grid: Volume, points_mm: np.ndarray):
-        ijk = np.rint(grid.lps_to_ijk(points_mm)).astype(np.int64)
-        shape = np.array(grid.shape_ijk)
-        self.inside = np.all((ijk >= 0) & (ijk < shape), axis=-1)
-        ijk = np.clip(ijk, 0, shape - 1)
-        # flat index into the C-ordered (k, j, i) array
-        self.flat = (ijk[..., 2] * shape[1] + ijk[..., 1]) * shape[0] + ijk[..., 0]
-
-    def take(self, field_arr: np.ndarray, outside=0):
-        vals = field_arr.reshape(-1)[self.flat]
-        return np.where(self.inside, vals, outside), self.inside
 
 
 def _basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -217,9 +196,17 @@ def _lattice_uv(ctv_pts: np.ndarray, r: np.ndarray, c: np.ndarray, pitch: float)
     return cells.astype(float) * pitch
 
 
+_PITCH_MM = 5.0  # template hole pitch: the lattice the directions are scored on and needles chosen from
+
+
 def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: bool = False,
                  template_kw: dict | None = None) -> NeedleLayout:
-    """Choose the insertion direction and template pose; return the candidate needles and seed positions."""
+    """Choose the insertion direction and template pose; return the candidate needles and seed positions.
+
+    Stages: score every direction on the full 5 mm lattice (``_score_directions``); on the best one, choose the
+    template lines (``_choose_lines``); place the template over them and list its needles
+    (``_template_needles``); add single needles from other directions for CTV the template cannot reach
+    (``_add_single_needles``); re-trace every needle finely (``_verify``)."""
     opts = opts or NeedleOptions()
     g = fld.grid
     ctv_pts = g.voxel_centers_lps(fld.ctv)
@@ -228,14 +215,32 @@ def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: b
     rng = np.random.default_rng(0)
     if len(ctv_pts) > 40000:
         ctv_pts = ctv_pts[rng.choice(len(ctv_pts), 40000, replace=False)]
-    pitch = 5.0
-    back = opts.max_needle_mm
+    scores, traces = _score_directions(fld, ctv_pts, opts, prone)
+    best = max(scores, key=scores.get)
+    if scores[best] <= 0 or best not in traces:
+        raise PlanError("no insertion direction reaches the CTV without crossing bone, air or an organ at risk; "
+                        "check the structures (OARs overlapping the target?) or plan single needles by hand")
+    tr, _ = traces[best]
+    lines = _choose_lines(fld, tr, ctv_pts, opts)
+    template, needles = _template_needles(tr, lines, best, opts, template_kw)
+    needles, unreached = _add_single_needles(fld, ctv_pts, needles, scores, traces, best, opts, prone)
+    needles = _verify(fld, needles, opts)
+    full = len(ctv_pts) / max(int(fld.ctv.sum()), 1)
+    unreached_cc = len(unreached) * g.voxel_volume_cc / full
+    for i, nd in enumerate(needles):
+        nd.id = f"N{i + 1:02d}"
+    return NeedleLayout(template=template, direction=best, needles=needles, direction_scores=scores,
+                        unreached_cc=float(unreached_cc))
 
-    # 1. score each direction on the full 5 mm lattice
+
+def _score_directions(fld: PlanningField, ctv_pts: np.ndarray, opts: NeedleOptions, prone: bool):
+    """({direction: score}, {direction: (trace, plate w)}): the share of the CTV the direction's 5 mm lattice
+    reaches, less a little for the path length and the tilt; -1 (and no trace) where no line meets the body."""
+    back = opts.max_needle_mm
     scores, traces = {}, {}
     for name, d in _directions(opts, prone).items():
         r, c, n = _basis(d)
-        uv = _lattice_uv(ctv_pts, r, c, pitch)
+        uv = _lattice_uv(ctv_pts, r, c, _PITCH_MM)
         wc = ctv_pts @ n
         tr = _trace(fld, n, uv, wc.min() - back, wc.max() + 10.0, opts.trace_step_mm)
         fb = tr.first_body[(tr.first_body >= 0) & (tr.ctv0 >= 0)]
@@ -243,22 +248,31 @@ def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: b
             scores[name] = -1.0
             continue
         plate_w = tr.w[fb.min()] - opts.template_standoff_mm
-        usable, skin_idx, _, reach = _reach(tr, plate_w, opts)
+        usable, _, _, reach = _reach(tr, plate_w, opts)
         total = tr.ctv.sum()
         cover = reach.sum() / max(total, 1)
         path = np.mean([tr.w[tr.ctv0[l]] - plate_w for l in np.nonzero(usable)[0]]) if usable.any() else back
         tilt = float(np.degrees(np.arcsin(min(1.0, abs(n[2])))))
         scores[name] = float(cover - 0.001 * path - 0.002 * tilt)
         traces[name] = (tr, plate_w)
-    best = max(scores, key=scores.get)
-    if scores[best] <= 0 or best not in traces:
-        raise PlanError("no insertion direction reaches the CTV without crossing bone, air or an organ at risk; "
-                        "check the structures (OARs overlapping the target?) or plan single needles by hand")
-    tr, _ = traces[best]
+    return scores, traces
 
-    # 2. needle lattice at the needle spacing: pick the lattice phase that reaches most of the CTV
-    step = max(1, int(round(opts.needle_spacing_mm / pitch)))
-    cell = np.rint(tr.uv / pitch).astype(int)
+
+@dataclass
+class _Lines:
+    """The chosen template lines of one direction's trace and what ``_reach`` says of every line."""
+    sel: np.ndarray           # (L,) bool: lines that get a needle
+    plate_w: float
+    skin_idx: np.ndarray
+    tip_max_w: np.ndarray
+    reach: np.ndarray
+
+
+def _choose_lines(fld: PlanningField, tr: _Trace, ctv_pts: np.ndarray, opts: NeedleOptions) -> _Lines:
+    """Needle lattice at the needle spacing: the lattice phase that reaches most of the CTV (every usable hole
+    for a small node), plus in-between holes at the CTV's edges (``_fill_edges``)."""
+    step = max(1, int(round(opts.needle_spacing_mm / _PITCH_MM)))
+    cell = np.rint(tr.uv / _PITCH_MM).astype(int)
     best_phase, best_val = (0, 0), -1
     fb_all = tr.first_body[(tr.first_body >= 0) & (tr.ctv0 >= 0)]
     plate_w = tr.w[fb_all.min()] - opts.template_standoff_mm
@@ -273,34 +287,45 @@ def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: b
     if sel.sum() < opts.min_needles:
         sel = usable.copy()  # a small node: a few needles 1 cm apart leave too few seed positions; use every hole
     sel = _fill_edges(fld, tr, sel, usable, reach, plate_w, ctv_pts, opts)
+    return _Lines(sel, plate_w, skin_idx, tip_max_w, reach)
 
-    # 3. template: covers the chosen lines; its plate sits above every skin point under it
-    uv_sel = tr.uv[sel]
+
+def _template_needles(tr: _Trace, lines: _Lines, direction: str, opts: NeedleOptions,
+                      template_kw: dict | None) -> tuple[GuideTemplate, list[CandidateNeedle]]:
+    """The template covering the chosen lines (its plate above every skin point under it) and a needle
+    through the hole of each line that has a seed position, in hole order."""
+    uv_sel = tr.uv[lines.sel]
     if len(uv_sel) == 0:
         raise PlanError("no needle through the template reaches the CTV")
+    plate_w = lines.plate_w
     tkw = dict(template_kw or {})
     template = GuideTemplate.covering(tr.n, tr.r, uv_sel.min(0), uv_sel.max(0), plane_mm=plate_w,
-                                      pitch_mm=pitch, **tkw)
-    template.meta.update({"direction": best})
+                                      pitch_mm=_PITCH_MM, **tkw)
+    template.meta.update({"direction": direction})
     needles = []
-    for l in np.nonzero(sel)[0]:
+    for l in np.nonzero(lines.sel)[0]:
         rc = template.lps_to_rc(tr.uv[l, 0] * tr.r + tr.uv[l, 1] * tr.c + plate_w * tr.n)
         row, col = int(np.rint(rc[0])), int(np.rint(rc[1]))
         hole = hole_id(row, col)
         entry = template.hole_to_lps(hole)
-        depths = _seed_depths(tr.w, reach[l], plate_w, opts.seed_step_mm)
+        depths = _seed_depths(tr.w, lines.reach[l], plate_w, opts.seed_step_mm)
         if len(depths) == 0:
             continue
         needles.append(CandidateNeedle(id="", hole=hole, entry_mm=entry, axis=tr.n.copy(), seed_depths_mm=depths,
-                                       skin_depth_mm=float(tr.w[skin_idx[l]] - plate_w),
-                                       max_tip_depth_mm=float(tip_max_w[l] - plate_w)))
+                                       skin_depth_mm=float(tr.w[lines.skin_idx[l]] - plate_w),
+                                       max_tip_depth_mm=float(lines.tip_max_w[l] - plate_w)))
     needles.sort(key=lambda nd: (nd.hole[0], int(nd.hole[1:])))
+    return template, needles
 
-    # 4. single needles from other directions for CTV the template cannot reach
+
+def _add_single_needles(fld: PlanningField, ctv_pts: np.ndarray, needles: list[CandidateNeedle], scores: dict,
+                        traces: dict, best: str, opts: NeedleOptions, prone: bool):
+    """(needles, unreached CTV points): single needles from the other directions, best score first, for CTV
+    the template cannot reach, until less than 0.3 cc is left."""
     unreached = _unreached(fld, ctv_pts, needles, opts)
     if opts.single_needles and len(unreached) > 0:
         for name in sorted(scores, key=scores.get, reverse=True):
-            if len(unreached) * g.voxel_volume_cc < 0.3:
+            if len(unreached) * fld.grid.voxel_volume_cc < 0.3:
                 break
             if name == best or name not in traces:
                 continue
@@ -308,13 +333,7 @@ def plan_needles(fld: PlanningField, opts: NeedleOptions | None = None, prone: b
             if added:
                 needles.extend(added)
                 unreached = _unreached(fld, ctv_pts, needles, opts)
-    needles = _verify(fld, needles, opts)
-    full = len(ctv_pts) / max(int(fld.ctv.sum()), 1)
-    unreached_cc = len(unreached) * g.voxel_volume_cc / full
-    for i, nd in enumerate(needles):
-        nd.id = f"N{i + 1:02d}"
-    return NeedleLayout(template=template, direction=best, needles=needles, direction_scores=scores,
-                        unreached_cc=float(unreached_cc))
+    return needles, unreached
 
 
 def _fill_edges(fld, tr: _Trace, sel, usable, reach, plate_w, ctv_pts, opts: NeedleOptions) -> np.ndarray:

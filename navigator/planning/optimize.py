@@ -1,7 +1,7 @@
 """Inverse seed-loading optimisation over candidate positions (which candidates get a seed).
 
-The dose of candidate seed j at sample point i is precomputed once (the influence matrix A[j, i], Gy)
-from a TG-43U1 kernel table of ``navigator.physics.tg43`` (2D formalism, the seed's axis = its needle's axis).
+The dose of candidate seed j at sample point i is precomputed once by the caller (the influence matrix A[j, i],
+Gy, from ``navigator.physics.kernel``'s TG-43U1 table; 2D formalism, the seed's axis = its needle's axis).
 A plan is a 0/1 loading x; its dose at the points is d = x @ A. Each point carries a piecewise-linear
 penalty (below a dose, above one or two doses) and every seed costs a little; a greedy add/remove local
 search then lowers the total:
@@ -23,75 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit, prange
-
-from navigator.physics import tg43
-
-
-# --- kernel table and influence matrix ----------------------------------------------------------------
-_TABLES: dict = {}
-
-
-@dataclass
-class KernelTable:
-    """T[iz, irho] = D(z, rho) * (r^2 + a^2) for one seed of the plan's strength, Gy mm^2 (total dose)."""
-
-    table: np.ndarray
-    step_mm: float
-    a2_mm2: float
-
-
-def kernel_table(model: tg43.SeedModel, sk_u: float, step_mm: float = 0.25, extent_mm: float = 160.0) -> KernelTable:
-    """Tabulate one seed's total dose on a cylindrical (|z|, rho) raster with ``tg43`` (2D formalism).
-
-    D * (r^2 + a^2) varies slowly (the 1/r^2 is taken out), so bilinear lookup stays well under 1 %
-    beyond a few mm from the seed; closer in the dose is many times the prescription anyway.
-    """
-    key = (model.name, model.tables.checksum(), float(sk_u), step_mm, extent_mm)
-    if key in _TABLES:
-        return _TABLES[key]
-    x = np.arange(int(np.ceil(extent_mm / step_mm)) + 2) * step_mm
-    z, rho = np.meshgrid(x, x, indexing="ij")
-    rate = tg43.dose_rate_cyl_cgy_h(model, sk_u, z / 10.0, rho / 10.0, "2D")
-    gy = rate * tg43.total_dose_factor_h(model, None) / 100.0
-    a2 = (model.capsule_radius_cm * 10.0) ** 2
-    _TABLES[key] = KernelTable(np.ascontiguousarray(gy * (z * z + rho * rho + a2)), step_mm, a2)
-    return _TABLES[key]
-
-
-@njit(parallel=True, cache=True)
-def _influence(points, seeds, axes, table, inv_step, a2, out):
-    n = table.shape[0] - 1
-    for j in prange(seeds.shape[0]):
-        sx, sy, sz = seeds[j, 0], seeds[j, 1], seeds[j, 2]
-        ax, ay, az = axes[j, 0], axes[j, 1], axes[j, 2]
-        for i in range(points.shape[0]):
-            dx = points[i, 0] - sx
-            dy = points[i, 1] - sy
-            dz = points[i, 2] - sz
-            r2 = dx * dx + dy * dy + dz * dz
-            z = abs(dx * ax + dy * ay + dz * az)
-            rho = np.sqrt(max(r2 - z * z, 0.0))
-            fz = z * inv_step
-            fr = rho * inv_step
-            if fz >= n or fr >= n:
-                out[j, i] = 0.0  # beyond the table (> 16 cm): negligible for I-125
-                continue
-            iz = int(fz)
-            ir = int(fr)
-            tz = fz - iz
-            tr = fr - ir
-            v = (1.0 - tz) * ((1.0 - tr) * table[iz, ir] + tr * table[iz, ir + 1]) + tz * (
-                (1.0 - tr) * table[iz + 1, ir] + tr * table[iz + 1, ir + 1])
-            out[j, i] = v / (r2 + a2)
-
-
-def influence_matrix(points_mm: np.ndarray, seeds_mm: np.ndarray, axes: np.ndarray, kt: KernelTable) -> np.ndarray:
-    """A[j, i]: total dose (Gy, float32) of candidate seed j at point i. Shapes (N, 3), (M, 3), (M, 3)."""
-    out = np.empty((len(seeds_mm), len(points_mm)), dtype=np.float32)
-    if out.size:
-        _influence(np.ascontiguousarray(points_mm, float), np.ascontiguousarray(seeds_mm, float),
-                   np.ascontiguousarray(axes, float), kt.table, 1.0 / kt.step_mm, kt.a2_mm2, out)
-    return out
 
 
 # --- objective ---------------------------------------------------------------------------------------
@@ -181,7 +112,7 @@ def _total(d, under, w_step, w_under, over1, w_over1, over2, w_over2):
     return s
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizeOptions:
     seed_cost: float = 0.002
     batch_spacing_mm: float = 15.0   # seeds added in one batch are at least this far apart

@@ -18,11 +18,13 @@ from scipy import ndimage
 
 from navigator.physics import dvh, tg43
 from navigator.anatomy import targets
+from navigator.anatomy.structures import mask_of
 from navigator.postimplant.coldspots import DEFAULT_MIN_VOLUME_CC, find_cold_spots
 from navigator.physics.dose import dose_on_grid
 from navigator.errors import InputError, PlanError
-from navigator.core.volume import Volume
+from navigator.core.volume import Volume, box_slices, crop, grid_volume, voxel_box
 from navigator.core.plan import Plan
+from navigator.core.transform import RigidTransform
 from navigator.imaging.registration import RegistrationResult, check_same_patient, register_rigid
 from navigator.imaging.seed_finding import SeedFindingSettings, find_seeds
 from navigator.postimplant.supplement import (NeedleField, SupplementSettings, ctv_lattice, freehand_candidates, propose_supplementary,
@@ -66,20 +68,17 @@ def preplan_masks(plan: Plan, ct: Volume, structures: dict) -> tuple[np.ndarray,
     """CTV and OAR masks (bool, pre-plan CT grid) from ``structures`` ({name: Structure or bool mask}).
     The CTV is the structure named "CTV" when there is one (the plan command writes it), else the plan's
     target grown by the plan's margin (default 5 mm) and clipped to the body, as ``navigator plan`` builds it."""
-    from navigator.planning.pipeline import _to_mask
-    from navigator.anatomy.structures import expand_margin
-
     names = {n.lower(): n for n in structures}
     if "ctv" in names:
-        ctv = _to_mask("CTV", structures[names["ctv"]], ct)
+        ctv = mask_of("CTV", structures[names["ctv"]], ct)
     else:
         tname = plan.target if plan.target in structures else names.get(plan.target.lower())
         if tname is None:
             raise PlanError(f"the plan's target '{plan.target}' is not in the structure set ({', '.join(sorted(structures))}); "
                             "give the RT Structure Set the plan was made with (--structures)")
-        gtv = _to_mask(tname, structures[tname], ct)
+        gtv = mask_of(tname, structures[tname], ct)
         margin = float((plan.extra.get("ctv") or {}).get("margin_mm", 5.0))
-        ctv = targets.ctv_mask(gtv, ct, margin, body=targets.body_mask(ct), expand=expand_margin)
+        ctv = targets.ctv_mask(gtv, ct, margin, body=targets.body_mask(ct), rule="surface", beyond_grid="error")
     if not ctv.any():
         raise PlanError("the CTV is empty on the pre-plan CT; check the structure set belongs to this CT")
     wanted = list((plan.metrics.get("oars") or {}).keys())
@@ -90,14 +89,11 @@ def preplan_masks(plan: Plan, ct: Volume, structures: dict) -> tuple[np.ndarray,
     for n in wanted:
         key = n if n in structures else names.get(n.lower())
         if key is not None:
-            oars[n] = _to_mask(n, structures[key], ct)
+            oars[n] = mask_of(n, structures[key], ct)
     return ctv, oars
 
 
 # --- geometry helpers -----------------------------------------------------------------------------------
-def _apply(m, p):
-    return np.asarray(p, float) @ m[:3, :3].T + m[:3, 3]
-
 
 def _mask_corners_lps(mask: np.ndarray, ct: Volume) -> np.ndarray:
     kk, jj, ii = np.nonzero(mask)
@@ -110,19 +106,11 @@ def _mask_corners_lps(mask: np.ndarray, ct: Volume) -> np.ndarray:
 def dose_grid_over(points_lps: np.ndarray, ct: Volume, step_mm: float, margin_mm: float, max_voxels: int) -> Volume:
     """A grid in ``ct``'s orientation over the LPS points + margin, ``step_mm`` (coarser if too many voxels)."""
     local = (points_lps - ct.origin_mm) @ ct.direction        # mm along the ct's i, j, k axes
-    lo, hi = local.min(0) - margin_mm, local.max(0) + margin_mm
-    step = step_mm
-    while np.prod(np.floor((hi - lo) / step) + 1) > max_voxels:
-        step += 0.5
-    n = (np.floor((hi - lo) / step) + 1).astype(int)
-    return Volume(array=np.zeros((n[2], n[1], n[0]), np.float32), origin_mm=ct.origin_mm + ct.direction @ lo,
-                  spacing_mm=np.full(3, step), direction=ct.direction.copy(),
-                  frame_of_reference_uid=ct.frame_of_reference_uid, series_uid=ct.series_uid,
-                  study_uid=ct.study_uid, patient_id=ct.patient_id, patient_name=ct.patient_name,
-                  meta={"kind": "dose grid"})
+    return grid_volume(local.min(0) - margin_mm, local.max(0) + margin_mm, step_mm, like=ct, max_voxels=max_voxels,
+                       cover=False)
 
 
-def resample_mask(mask: np.ndarray, src: Volume, grid: Volume, grid_to_src: np.ndarray, _coords=None) -> np.ndarray:
+def resample_mask(mask: np.ndarray, src: Volume, grid: Volume, grid_to_src, _coords=None) -> np.ndarray:
     """Occupancy (float32 0..1) of a bool mask on ``src`` at ``grid``'s voxel centres (trilinear), mapping the
     grid's LPS points into ``src``'s LPS frame with ``grid_to_src`` (4x4)."""
     coords = _coords if _coords is not None else _grid_coords_in(src, grid, grid_to_src)
@@ -130,27 +118,15 @@ def resample_mask(mask: np.ndarray, src: Volume, grid: Volume, grid_to_src: np.n
     return np.clip(occ, 0.0, 1.0).reshape(grid.array.shape).astype(np.float32)
 
 
-def resample_masks(masks: dict, src: Volume, grid: Volume, grid_to_src: np.ndarray) -> dict:
+def resample_masks(masks: dict, src: Volume, grid: Volume, grid_to_src) -> dict:
     """``resample_mask`` for several masks on the same grids (the coordinates computed once)."""
     coords = _grid_coords_in(src, grid, grid_to_src)
     return {n: resample_mask(m, src, grid, grid_to_src, coords) for n, m in masks.items()}
 
 
-def _grid_coords_in(src: Volume, grid: Volume, grid_to_src: np.ndarray) -> np.ndarray:
-    ijk = src.lps_to_ijk(_apply(grid_to_src, grid.voxel_centers_lps()))
+def _grid_coords_in(src: Volume, grid: Volume, grid_to_src) -> np.ndarray:
+    ijk = src.lps_to_ijk(RigidTransform.of(grid_to_src).apply(grid.voxel_centers_lps()))
     return np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])       # numpy (k, j, i) order for map_coordinates
-
-
-def _crop(ct: Volume, corners_lps: np.ndarray, margin_mm: float) -> tuple[Volume, tuple]:
-    ijk = ct.lps_to_ijk(corners_lps)
-    m = margin_mm / ct.spacing_mm
-    lo = np.maximum(np.floor(ijk.min(0) - m).astype(int), 0)
-    hi = np.minimum(np.ceil(ijk.max(0) + m).astype(int) + 1, np.array(ct.shape_ijk))
-    sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
-    sub = Volume(array=ct.array[sl], origin_mm=ct.ijk_to_lps(lo), spacing_mm=ct.spacing_mm.copy(),
-                 direction=ct.direction.copy(), frame_of_reference_uid=ct.frame_of_reference_uid,
-                 patient_id=ct.patient_id, meta=dict(ct.meta))
-    return sub, sl
 
 
 def _r3(v):
@@ -194,17 +170,17 @@ def run_postimplant(plan: Plan, preplan_ct: Volume, post_ct: Volume, structures:
         half = float(np.max(np.abs(corners_pre - centre))) + 30.0
         registration = register_rigid(preplan_ct, post_ct, region_mm=(centre, half))
     pre_to_post = registration.fixed_to_moving
-    post_to_pre = np.linalg.inv(pre_to_post)
+    post_to_pre = pre_to_post.inverse()
     timing["registration"] = time.perf_counter() - t
 
     # seeds
     t = time.perf_counter()
     say("finding the seeds")
     planned = plan.seed_positions_mm()
-    planned_post = _apply(pre_to_post, planned) if len(planned) else planned
-    planned_axes_post = plan.seed_axes() @ pre_to_post[:3, :3].T if len(planned) else None
+    planned_post = pre_to_post.apply(planned) if len(planned) else planned
+    planned_axes_post = pre_to_post.rotate(plan.seed_axes()) if len(planned) else None
     expected = o.expected_seeds if o.expected_seeds is not None else (len(planned) or None)
-    corners_post = _apply(pre_to_post, corners_pre)
+    corners_post = pre_to_post.apply(corners_pre)
     roi = _search_roi(post_ct, corners_post, o.search_margin_mm)
     found = find_seeds(post_ct, expected=expected, planned_mm=planned_post, planned_axes=planned_axes_post,
                        settings=o.seed_finding, roi_mask=roi)
@@ -293,12 +269,10 @@ def run_postimplant(plan: Plan, preplan_ct: Volume, post_ct: Volume, structures:
 
 
 def _search_roi(ct: Volume, corners_lps: np.ndarray, margin_mm: float) -> np.ndarray:
-    ijk = ct.lps_to_ijk(corners_lps)
-    m = margin_mm / ct.spacing_mm
-    lo = np.maximum(np.floor(ijk.min(0) - m).astype(int), 0)
-    hi = np.minimum(np.ceil(ijk.max(0) + m).astype(int) + 1, np.array(ct.shape_ijk))
+    # empty when the mapped CTV box misses the scan: there is then nowhere to look for this CTV's seeds
+    lo, hi = voxel_box(ct, corners_lps, margin_mm, allow_empty=True)
     roi = np.zeros(ct.array.shape, bool)
-    roi[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = True
+    roi[box_slices(lo, hi)] = True
     return roi
 
 
@@ -321,7 +295,7 @@ def _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post, post_to_pr
     s = o.supplement
     t0 = time.perf_counter()
     # the masks for the paths on a crop of the pre-plan CT: a path leaving the crop inside the body is refused
-    sub, sl = _crop(preplan_ct, corners_pre, min(s.max_path_mm, 70.0))
+    sub, sl = crop(preplan_ct, corners_pre, min(s.max_path_mm, 70.0))
     body = targets.body_mask(sub)
     skin = targets.skin_depth_mm(body, sub)
     nogo, _ = targets.nogo_mask(sub, body, {n: m[sl] for n, m in oars_pre.items()}, clearance_mm=2.0)
@@ -338,10 +312,10 @@ def _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post, post_to_pr
             tpl = None
     if tpl is not None:
         cands += template_candidates(tpl, pre_to_post, grid, ctv_mask, fld, s)
-        main_dir = pre_to_post[:3, :3] @ tpl.normal_lps
+        main_dir = pre_to_post.rotate(tpl.normal_lps)
     elif plan.needles:
         a = np.mean([n.axis for n in plan.needles], axis=0)
-        main_dir = pre_to_post[:3, :3] @ (a / np.linalg.norm(a))
+        main_dir = pre_to_post.rotate(a / np.linalg.norm(a))
     else:
         main_dir = np.array([0.0, 1.0, 0.0])   # anterior: the usual CT-guided approach
     lattice = ctv_lattice(grid, ctv_mask, s.step_mm)

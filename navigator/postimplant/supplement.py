@@ -11,7 +11,7 @@ grown by a clearance) and the seed lies >= ``min_skin_depth_mm`` below the skin;
 ``min_seed_distance_mm`` to a seed already there is dropped.
 
 Selection is greedy on a dose-influence matrix (one seed's TG-43 dose at CTV sample points, the
-``seed_optimize`` kernel table): each round adds the candidate with the largest gain in capped coverage
+planner's kernel table, ``physics.kernel``): each round adds the candidate with the largest gain in capped coverage
 sum(min(Rx, d + A) - min(Rx, d)) whose addition keeps every OAR's D0.1cc (estimated on its sample points)
 under its limit (an OAR the implanted seeds already took past it may rise by ``oar_over_limit_rise`` only), until D90 >= Rx and V100 >= the goal, or no candidate helps. The masks live on the pre-plan
 CT (no seeds there to look like bone) and are sampled through ``post_to_field``.
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from navigator.core.transform import RigidTransform
+from navigator.core.sampling import sample_nearest
 from navigator.core.volume import Volume
-from navigator.planning.needles import sample_nearest
-from navigator.planning.optimize import influence_matrix, kernel_table
+from navigator.physics.kernel import influence_matrix, kernel_table
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,14 @@ class NeedleField:
     body: np.ndarray
     skin_depth_mm: np.ndarray
     nogo: np.ndarray
-    post_to_field: np.ndarray = field(default_factory=lambda: np.eye(4))
+    post_to_field: RigidTransform = field(default_factory=RigidTransform.identity)  # or a 4x4 array
+
+    def __post_init__(self) -> None:
+        self.post_to_field = RigidTransform.of(self.post_to_field)
 
     def sample(self, arr: np.ndarray, points_post_mm: np.ndarray, outside):
         p = np.asarray(points_post_mm, float)
-        q = p @ self.post_to_field[:3, :3].T + self.post_to_field[:3, 3]
+        q = self.post_to_field.apply(p)
         vals, _ = sample_nearest(arr, self.grid, q.reshape(-1, 3), outside=outside)
         return vals.reshape(p.shape[:-1])
 
@@ -119,13 +123,13 @@ def _path_clear(fld: NeedleField, entry: np.ndarray, pos: np.ndarray, s: Supplem
     return ~fld.sample(fld.nogo, pts, outside=False).any(1)
 
 
-def template_candidates(template, pre_to_post: np.ndarray, ctv_grid: Volume, ctv_mask: np.ndarray,
+def template_candidates(template, pre_to_post, ctv_grid: Volume, ctv_mask: np.ndarray,
                         fld: NeedleField, s: SupplementSettings) -> list[Candidate]:
     """Seeds every ``step_mm`` along each template hole's line, inside the CTV, reachable and deep enough."""
-    R, T = pre_to_post[:3, :3], pre_to_post[:3, 3]
-    normal = R @ template.normal_lps
+    pre_to_post = RigidTransform.of(pre_to_post)
+    normal = pre_to_post.rotate(template.normal_lps)
     holes = template.holes()
-    entries = np.array([template.hole_to_lps(h) for h in holes]) @ R.T + T
+    entries = pre_to_post.apply(np.array([template.hole_to_lps(h) for h in holes]))
     depths = np.arange(s.step_mm, s.max_path_mm + 1e-9, s.step_mm)
     pos = entries[:, None, :] + depths[None, :, None] * normal
     inside, _ = sample_nearest(ctv_mask, ctv_grid, pos.reshape(-1, 3), outside=False)

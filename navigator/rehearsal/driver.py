@@ -5,10 +5,11 @@ delivery through the applicator over a real byte stream -> post-implant scan and
 supplementary seeds (plan, deliver, rescan)* -> report.
 
 Two worlds meet here and are kept apart:
-- the *simulated world* (``simulators.phantoms``): where the needles and seeds really are, in the patient's
-  anatomy, which is the pre-plan CT's frame (``preplan`` LPS). Only the operator model and the scanner see it.
-- the *navigator's view*: what the product measures from the DICOM it is given (scans written to disk and read
-  back), exactly as in the CT suite.
+- the *simulated world* (``world.py``, on ``simulators.phantoms``): where the needles and seeds really are, in
+  the patient's anatomy, which is the pre-plan CT's frame (``preplan`` LPS). Only the operator model, the
+  scanner and the simulated applicator see it.
+- the *navigator's view* (this module): what the product measures from the DICOM it is given (scans written to
+  disk and read back), exactly as in the CT suite, through its own commands.
 
 Every step is journaled through ``navigator.session.controller.Session``; each step's random draws come from a generator
 seeded by (``--seed``, step name), so a resumed rehearsal (after SIGKILL) redraws the same world and skips
@@ -18,13 +19,8 @@ what the journal says is done. Delivery resumes from its seed ledger after recon
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +28,7 @@ import numpy as np
 from navigator.errors import InputError
 from navigator.core.plan import Needle, Plan, PlannedSeed
 from navigator.io import write_json
+from navigator.rehearsal.world import OperatorModel, SimulatedApplicator, SimulatedWorld, alive
 from navigator.session.controller import Session, State
 
 DEFAULT_RX_GY = 120.0
@@ -67,12 +64,6 @@ class RehearsalOptions:
     progress: object = None
 
 
-def _rng(seed: int, *step) -> np.random.Generator:
-    """A generator per (seed, step...): the same draws whether the run is fresh or resumed."""
-    key = [int(seed)] + [zlib.crc32(str(s).encode()) for s in step]
-    return np.random.default_rng(key)
-
-
 class RehearsalStepFailed(InputError):
     """A step of the rehearsal could not be done (its own command said why)."""
 
@@ -86,7 +77,10 @@ class Rehearsal:
         self.timings: dict[str, float] = {}
         self._t0 = time.perf_counter()
         self._say = opts.progress or (lambda msg: None)
-        self._sim_proc = None
+        self.world = SimulatedWorld(opts.case, opts.seed, self.out, OperatorModel(
+            lateral_sd_mm=opts.lateral_sd_mm, depth_sd_mm=opts.depth_sd_mm, angle_sd_deg=opts.angle_sd_deg,
+            correction_scale=opts.correction_scale, seed_drop_sd_mm=opts.seed_drop_sd_mm))
+        self.device = SimulatedApplicator(opts.seed)
 
     # --- helpers -------------------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -100,26 +94,6 @@ class Rehearsal:
 
     def _done(self, name: str):
         return self.session.step_done(name)
-
-    # --- the world ----------------------------------------------------------------------------------------
-    def patient(self):
-        from simulators.phantoms import make_patient
-
-        if not hasattr(self, "_patient"):
-            self._patient = make_patient(self.o.case, self.o.seed)
-        return self._patient
-
-    def motion(self, name: str):
-        """The patient's pose in a later scan: rigid (up to 10 mm, 5 degrees between scans in the suite) and a
-        small smooth deformation around the node, drawn per scan name."""
-        from simulators.phantoms.motion import Motion, random_deformation, random_rigid
-
-        p = self.patient()
-        rng = _rng(self.o.seed, "motion", name)
-        rigid = random_rigid(rng, max_translation_mm=10.0, max_rotation_deg=5.0, center_mm=p.node_center_mm)
-        # the patient lies still under the template between scans: soft tissue shifts by well under a mm
-        deform = random_deformation(rng, p.node_center_mm, radius_mm=50.0, max_displacement_mm=0.5)
-        return Motion(rigid, deform)
 
     # --- step runner ---------------------------------------------------------------------------------------
     def step(self, name: str, fn):
@@ -137,13 +111,6 @@ class Rehearsal:
         return result
 
     # --- 1. the patient and the pre-plan ---------------------------------------------------------------------
-    def write_case(self) -> dict:
-        from simulators.phantoms.writer import write_patient
-
-        written = write_patient(self.patient(), self.out / "case")
-        return {"ct_dir": str(written.ct_dir), "rtstruct": str(written.rtstruct_path),
-                "truth": str(written.truth_path), "case": self.o.case}
-
     def make_plan(self, case: dict) -> dict:
         """`navigator plan` on the case's DICOM, exactly as a physicist would run it."""
         out = self.out / "plan"
@@ -174,22 +141,6 @@ class Rehearsal:
         return sk_u_from(activity_mci=self.o.activity_mci)
 
     # --- 2-3. needles: insert, scan, register, check, correct ------------------------------------------------
-    def _needle_draws(self, plan: Plan, scan: str, rnd: int, previous: dict, to_redraw: list[str]) -> dict:
-        """Where the operator's needles really are (pre-plan anatomy frame), {needle_id: [entry, tip]}."""
-        from simulators.phantoms.needles import NeedleErrorModel, draw_needles
-
-        scale = 1.0 if rnd == 1 else self.o.correction_scale
-        model = NeedleErrorModel(self.o.lateral_sd_mm * scale, self.o.depth_sd_mm * scale,
-                                 self.o.angle_sd_deg * scale)
-        rng = _rng(self.o.seed, "needles", scan, rnd)
-        ids = [n.id for n in plan.needles if n.id in to_redraw]
-        planned = [(plan.needle(i).entry_mm, plan.needle(i).tip_mm) for i in ids]
-        draws = draw_needles(planned, model, rng) if planned else []
-        actual = dict(previous)
-        for i, d in zip(ids, draws):
-            actual[i] = [d.entry_mm.tolist(), d.tip_mm.tolist()]
-        return actual
-
     def needle_loop(self, plan: Plan, scan: str, needle_ids: list[str], actual: dict) -> tuple[dict, list[dict]]:
         """Scan -> check -> correct until every needle of ``needle_ids`` is within tolerance (or accepted)."""
         rounds = []
@@ -198,7 +149,7 @@ class Rehearsal:
             name = f"needles_{scan}_{rnd}"
 
             def do_round(rnd=rnd, to_redraw=tuple(to_redraw), actual=dict(actual)):
-                now = self._needle_draws(plan, scan, rnd, actual, list(to_redraw))
+                now = self.world.needle_draws(plan, scan, rnd, actual, list(to_redraw))
                 world = {i: now[i] for i in needle_ids}
                 checked = self.check_scan(plan, name, world)
                 return {"actual": now, "needles": checked["needles"], "registration": checked["registration"],
@@ -242,16 +193,9 @@ class Rehearsal:
 
         When the navigator refuses the scan's registration (its own error estimate too large), the operator
         rescans, as in the CT suite: up to ``max_scans`` scans, each journaled."""
-        from simulators.phantoms.cases import intraop_scan
-        from simulators.phantoms.writer import write_scan
-
-        p = self.patient()
-        pairs = [(np.array(e), np.array(t)) for e, t in world_needles.values()]
         for attempt in range(1, max_scans + 1):
             scan_dir = self.out / "intraop" / (name if attempt == 1 else f"{name}_rescan{attempt - 1}")
-            rng = _rng(self.o.seed, "scan", name, *(() if attempt == 1 else (attempt,)))
-            vol = intraop_scan(p, pairs, motion=self.motion(name), rng=rng)
-            ct_dir = write_scan(vol, scan_dir)
+            ct_dir = self.world.intraop_scan(name, attempt, world_needles, scan_dir)
             # Only the needles inserted so far are looked for; each one's D90 change is judged against the
             # whole planned implant (the seeds it will join), not against the few needles already in.
             rc = self.navigator("needles", "--plan", self.out / "plan" / "plan.json",
@@ -278,21 +222,13 @@ class Rehearsal:
         if self.o.device_url:
             return self.o.device_url
         started = self._done("device_started")
-        if started is not None and _alive(started["pid"]):
+        if started is not None and alive(started["pid"]):
             return started["url"]
-        proc = subprocess.Popen([sys.executable, "-m", "simulators.applicator", "--listen", "127.0.0.1:0",
-                                 "--seeds", "500", "--seed", str(self.o.seed)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                start_new_session=True)  # outlives a killed rehearsal, like a real device
-        line = proc.stdout.readline().strip()
-        if not line.startswith("LISTENING "):
-            raise InputError(f"the simulated applicator did not start (said {line!r})")
-        url = line.split(" ", 1)[1]
-        self._sim_proc = proc
+        url, pid = self.device.start()
         if started is not None:
-            self.session.record("device_restarted", {"url": url, "pid": proc.pid})
-        self.session.facts.steps_done.pop("device_started", None)
-        self.session.complete_step("device_started", {"url": url, "pid": proc.pid})
+            self.session.record("device_restarted", {"url": url, "pid": pid})
+            self.session.undo_step("device_started", "the simulated applicator it started is no longer running")
+        self.session.complete_step("device_started", {"url": url, "pid": pid})
         return url
 
     def deliver(self, plan_path: Path, name: str) -> dict:
@@ -351,33 +287,11 @@ class Rehearsal:
         write_json(path, plan.to_dict())
         return path
 
-    def seeds_in_world(self, plan: Plan, actual_needles: dict, delivery: dict, name: str) -> np.ndarray:
-        """Where each released seed really settled (pre-plan anatomy frame): on the real needle, the planned
-        distance back from its real tip, plus a small drop along the track."""
-        rng = _rng(self.o.seed, "seed_drop", name)
-        out = []
-        released = {s["seed_id"] for s in delivery["seeds"]}
-        for s in plan.seeds:
-            if s.id not in released:
-                continue
-            needle = plan.needle(s.needle_id)
-            back_mm = needle.length_mm - needle.depth_of(s.position_mm)
-            entry, tip = (np.array(v) for v in actual_needles.get(s.needle_id, (needle.entry_mm, needle.tip_mm)))
-            u = (tip - entry) / np.linalg.norm(tip - entry)
-            out.append(tip - (back_mm + rng.normal(scale=self.o.seed_drop_sd_mm)) * u)
-        return np.array(out).reshape(-1, 3)
-
     # --- 5. post-implant scan and evaluation ---------------------------------------------------------------
     def postimplant(self, name: str, seeds_world: np.ndarray, axes_world: np.ndarray, plan_path: Path) -> dict:
         """Render the post-implant CT with the seeds where they really are; the navigator evaluates it."""
-        from simulators.phantoms.cases import postimplant_scan
-        from simulators.phantoms.writer import write_scan
-
-        p = self.patient()
         scan_dir = self.out / name
-        vol = postimplant_scan(p, seeds_world, axes_world, motion=self.motion(name),
-                               rng=_rng(self.o.seed, "scan", name))
-        ct_dir = write_scan(vol, scan_dir)
+        ct_dir = self.world.postimplant_scan(name, seeds_world, axes_world, scan_dir)
         self.navigator("postimplant", "--plan", plan_path, "--preplan-ct", self.case["ct_dir"], "--ct", ct_dir,
                        "--expected-seeds", len(seeds_world), "--out", scan_dir)
         result = json.loads((scan_dir / "postimplant.json").read_text())
@@ -403,64 +317,54 @@ class Rehearsal:
                     prescription_gy=base.prescription_gy, seed_model=base.seed_model, seed_sk_u=base.seed_sk_u,
                     needles=needles, seeds=seeds, extra={"supplementary_for": name})
 
-    def supplementary_world(self, post_name: str, splan: Plan, delivery: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Where the supplementary seeds really went (pre-plan anatomy frame) and their axes: the navigator's
-        target point in the post-implant scan, carried into the anatomy by the scan's true motion, plus a
-        placement error (1 mm SD per axis)."""
-        from simulators.phantoms.motion import Motion
-
-        truth = json.loads((self.out / post_name / "truth.json").read_text())
-        motion = Motion.from_dict(truth["motion"])
-        released = {s["seed_id"] for s in delivery["seeds"]}
-        rng = _rng(self.o.seed, "supplement_error", post_name)
-        seeds = [s for s in splan.seeds if s.id in released]
-        if not seeds:
-            return np.zeros((0, 3)), np.zeros((0, 3))
-        anat = motion.scan_to_preplan(np.array([s.position_mm for s in seeds]))
-        # rotate the needle axes back by the rigid part: R^T u
-        axes = np.array([splan.needle(s.needle_id).axis for s in seeds]) @ motion.rigid_preplan_to_scan[:3, :3]
-        return anat + rng.normal(scale=1.0, size=anat.shape), axes
-
     # --- the whole procedure -------------------------------------------------------------------------------
     def run(self) -> dict:
-        t_start = time.perf_counter()
-        self.case = self.step("case", self.write_case)
+        plan_path = self.preplan()
+        actual, needle_rounds = self.needles(self.plan_obj)
+        delivery = self.step("delivery", lambda: self.deliver(self.delivery_plan(plan_path), "delivery"))
+        if self.session.state == State.ALL_NEEDLES_CHECKED:
+            self.session.seeds_delivered(delivery)
+        seeds_world, axes_world = self.world.seeds_released(self.plan_obj, actual, delivery, "delivery")
+        first_post = self.step("postimplant_1", lambda: self.postimplant("postimplant_1", seeds_world, axes_world,
+                                                                          plan_path))
+        if self.session.state == State.SEEDS_DELIVERED:
+            self.session.postimplant_evaluated(first_post["result"]["summary"])
+        post, supplementary = self.supplements(first_post, seeds_world, axes_world, plan_path)
+        result = self.summary(first_post, post, delivery, supplementary, needle_rounds)
+        if self.session.state != State.CLOSED:
+            self.session.close({k: result[k] for k in ("final_metrics", "seeds_released", "supplementary_seeds")})
+        self.stop_device()
+        return result
+
+    def preplan(self) -> Path:
+        """1. The case's DICOM and `navigator plan` on it; the plan loaded into the session."""
+        self.case = self.step("case", self.world.write_case)
         plan_summary = self.step("plan", lambda: self.make_plan(self.case))
         plan_path = Path(plan_summary["plan_json"])
         self.plan_obj = Plan.load(plan_path)
         if self.session.state == State.NEW:
             self.session.load_preplan(str(plan_path), {k: plan_summary.get(k) for k in ("seeds", "needles")})
+        return plan_path
 
-        # reference needles: the ones closest to the target's centre
-        centre = self.plan_obj.seed_positions_mm().mean(axis=0)
-        by_dist = sorted(self.plan_obj.needles, key=lambda n: np.linalg.norm(
+    def needles(self, plan: Plan) -> tuple[dict, dict]:
+        """2-3. Reference needles (those closest to the target's centre), then all needles."""
+        centre = plan.seed_positions_mm().mean(axis=0)
+        by_dist = sorted(plan.needles, key=lambda n: np.linalg.norm(
             (n.tip_mm - centre) - np.dot(n.tip_mm - centre, n.axis) * n.axis))
         ref_ids = [n.id for n in by_dist[: self.o.reference_needles]]
-        actual, ref_rounds = self.needle_loop(self.plan_obj, "reference", ref_ids, {})
-        all_ids = [n.id for n in self.plan_obj.needles]
-        actual, all_rounds = self.needle_loop(self.plan_obj, "all", all_ids, actual)
+        actual, ref_rounds = self.needle_loop(plan, "reference", ref_ids, {})
+        actual, all_rounds = self.needle_loop(plan, "all", [n.id for n in plan.needles], actual)
+        return actual, {"reference": ref_rounds, "all": all_rounds}
 
-        delivery_plan = self.delivery_plan(plan_path)
-        delivery = self.step("delivery", lambda: self.deliver(delivery_plan, "delivery"))
-        if self.session.state == State.ALL_NEEDLES_CHECKED:
-            self.session.seeds_delivered(delivery)
-        seeds_world = self.seeds_in_world(self.plan_obj, actual, delivery, "delivery")
-        axes_world = np.array([np.subtract(*actual[s.needle_id][::-1]) for s in self.plan_obj.seeds
-                               if s.id in {d["seed_id"] for d in delivery["seeds"]}]).reshape(-1, 3)
-
-        post = self.step("postimplant_1", lambda: self.postimplant("postimplant_1", seeds_world, axes_world,
-                                                                    plan_path))
-        if self.session.state == State.SEEDS_DELIVERED:
-            self.session.postimplant_evaluated(post["result"]["summary"])
-        first_post = post
+    def supplements(self, post: dict, seeds_world, axes_world, plan_path: Path) -> tuple[dict, int]:
+        """6. Supplementary seeds (plan, deliver, rescan) until D90 >= Rx or nothing more is proposed."""
         supplementary = 0
         for rnd in range(1, self.o.max_supplement_rounds + 1):
             post_name = f"postimplant_{rnd}"
             res = post["result"]
             if res["metrics"]["D90_gy"] >= self.o.rx_gy or not res["supplementary"]["seeds"]:
                 break
-            frame = json.loads((self.out / post_name / "truth.json").read_text())["frame_of_reference_uid"]
-            splan = self.supplement_plan(f"supplement_{rnd}", post, frame)
+            splan = self.supplement_plan(f"supplement_{rnd}", post, self.world.scan_frame_of_reference(post_name))
             splan_path = self.out / f"supplement_{rnd}" / "plan.json"
             splan_path.parent.mkdir(exist_ok=True)
             if not splan_path.exists():
@@ -469,14 +373,17 @@ class Rehearsal:
             if self.session.state == State.POSTIMPLANT_EVALUATED:
                 self.session.supplement_delivered(sdelivery)
             supplementary += sdelivery["released"]
-            extra, extra_axes = self.supplementary_world(post_name, splan, sdelivery)
+            extra, extra_axes = self.world.supplementary_seeds(post_name, splan, sdelivery)
             seeds_world = np.vstack([seeds_world, extra])
             axes_world = np.vstack([axes_world, extra_axes])
             next_name = f"postimplant_{rnd + 1}"
             post = self.step(next_name, lambda: self.postimplant(next_name, seeds_world, axes_world, plan_path))
             if self.session.state == State.SUPPLEMENT_DELIVERED:
                 self.session.postimplant_evaluated(post["result"]["summary"])
+        return post, supplementary
 
+    def summary(self, first_post: dict, post: dict, delivery: dict, supplementary: int, needle_rounds: dict) -> dict:
+        """rehearsal.json (cli-contract.md) and what it adds."""
         result = {
             "case": self.o.case, "seed": self.o.seed, "prescription_gy": self.o.rx_gy,
             "preplan_metrics": self.plan_obj.metrics,
@@ -489,8 +396,7 @@ class Rehearsal:
             "needle_scans": [{"needles": len(r["needles"]),
                               "out_of_tolerance": sum(not n["within_tolerance"] for n in r["needles"]),
                               "scan": name, "round": i + 1}
-                             for name, rounds in (("reference", ref_rounds), ("all", all_rounds))
-                             for i, r in enumerate(rounds)],
+                             for name, rounds in needle_rounds.items() for i, r in enumerate(rounds)],
             "seconds": None,
             # beyond the contract
             "seeds_found_postimplant": first_post["result"]["found"],
@@ -498,10 +404,7 @@ class Rehearsal:
                           if isinstance(v, dict) and "seconds" in v},
             "out": str(self.out),
         }
-        if self.session.state != State.CLOSED:
-            self.session.close({k: result[k] for k in ("final_metrics", "seeds_released", "supplementary_seeds")})
         result["seconds"] = round(sum(v for v in result["timings_s"].values() if v), 1)
-        self.stop_device()
         return result
 
     def _device_total(self) -> int | None:
@@ -516,16 +419,7 @@ class Rehearsal:
 
     def stop_device(self) -> None:
         started = self._done("device_started")
-        if started is not None and self.o.device_url is None and _alive(started["pid"]):
-            try:
-                os.killpg(started["pid"], signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self._sim_proc is not None:
-            try:
-                self._sim_proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._sim_proc.kill()
+        self.device.stop(started["pid"] if started is not None and self.o.device_url is None else None)
 
 
 def _summary_of_postimplant(result: dict) -> dict:
@@ -537,18 +431,3 @@ def _summary_of_postimplant(result: dict) -> dict:
             "summary": {"found": len(result["seeds"]), "D90_gy": result["metrics"].get("D90_gy"),
                         "V100_pct": result["metrics"].get("V100_pct")},
             "warnings": result.get("warnings", [])}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own exited child) counts as dead.
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True

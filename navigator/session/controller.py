@@ -128,6 +128,11 @@ class Session:
     def complete_step(self, name: str, result: dict) -> None:
         self.record("step_done", {"step": name, "result": result})
 
+    def undo_step(self, name: str, reason: str) -> None:
+        """Journal that a completed step no longer holds (e.g. the device it started has gone) and must be
+        done again; replay forgets its result just as the live session does."""
+        self.record("step_undone", {"step": name, "reason": reason})
+
     def _transition(self, to: State, data: dict, missing: list[str]) -> None:
         if to not in ALLOWED[self.state]:
             allowed = ", ".join(s.value for s in ALLOWED[self.state]) or "none (the session is closed)"
@@ -222,6 +227,8 @@ def _apply(facts: SessionFacts, kind: str, data: dict) -> None:
             facts.released_seed_ids.append(data["seed_id"])
     elif kind == "step_done":
         facts.steps_done[data["step"]] = data["result"]
+    elif kind == "step_undone":
+        facts.steps_done.pop(data["step"], None)
 
 
 def replay(entries) -> SessionFacts:

@@ -58,7 +58,9 @@ TIP_MARGIN_MM = 5.0
 ENTRY_STANDOFF_MM = 10.0
 _SAME_POSITION_MM = 0.01
 _CT_SERIES_TEXT = "Planned on CT series "
-_HOLE_RE = re.compile(r"^[A-Za-z]{1,2}\s?-?\d{1,2}(\.5)?$")
+# Another planning system's SourceApplicatorID: a hole label in its own style ("C7", "Aa 3", "D-4", "E3.5" for a
+# half-hole); wider than our own ids (core.template.hole_rc), which this importer must not reject.
+_FOREIGN_HOLE_RE = re.compile(r"^[A-Za-z]{1,2}\s?-?\d{1,2}(\.5)?$")
 
 
 # --- export ---------------------------------------------------------------------------------------------
@@ -371,7 +373,7 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
             hole = app_id or None
             nid = name
         else:  # elsewhere the applicator id may be a hole ("C4") or a needle label ("Needle 3")
-            hole = app_id if app_id and _HOLE_RE.match(app_id) else None
+            hole = app_id if app_id and _FOREIGN_HOLE_RE.match(app_id) else None
             nid = (app_id if app_id and hole is None else "") or f"N{key[1] if key[0] != 'id' else g_index}"
         while nid in used_ids:
             nid = f"{nid}'"
