@@ -9,11 +9,11 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from navigator.io.dicom.write import (PatientInfo, new_uid, read_rtdose, write_ct_series, write_rtdose,
+from navigator.io.dicom import (PatientInfo, new_uid, read_rtdose, write_ct_series, write_rtdose,
                                    write_rtstruct)
 from navigator.errors import InputError
 from navigator.core.volume import Volume, grid_volume
-from conftest import dciodvfy  # the one dicom3tools IOD check
+from tests.conftest import dciodvfy  # the one dicom3tools IOD check
 
 SPACING = (0.8, 0.75, 2.5)  # i, j, k: every axis different, so a swap fails loudly
 ORIGIN = (-31.2, 17.6, 84.0)
@@ -290,7 +290,7 @@ def test_read_rtdose_refuses_other_objects(ct_written):
 
 # --- the product's own readers (dicom_ct, structures) read what we write -----------------------------------
 def test_ct_series_loads_back_with_load_ct_series(ct_written):
-    from navigator.io.dicom.ct import load_ct_series
+    from navigator.io.dicom import load_ct_series
 
     ct, patient, paths = ct_written
     back = load_ct_series(paths[0].parent)
@@ -310,7 +310,7 @@ def test_ct_series_loads_back_with_load_ct_series(ct_written):
 
 
 def test_real_feet_first_series_survives_a_rewrite(ibsi_dir, tmp_path):
-    from navigator.io.dicom.ct import load_ct_series
+    from navigator.io.dicom import load_ct_series
 
     real = load_ct_series(ibsi_dir / "STS_004" / "ct")
     assert real.meta["patient_position"] == "FFS"
@@ -326,7 +326,7 @@ def test_real_feet_first_series_survives_a_rewrite(ibsi_dir, tmp_path):
 
 
 def test_rtstruct_reads_back_with_read_structure_set(ct_written, tmp_path):
-    from navigator.anatomy.structures import read_structure_set
+    from navigator.io.dicom import read_structure_set
 
     ct, patient, _ = ct_written
     zs = [ct.ijk_to_lps([0, 0, k])[2] for k in range(ct.array.shape[0])]

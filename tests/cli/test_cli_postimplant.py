@@ -15,7 +15,7 @@ from navigator.physics import dvh, tg43
 from navigator.anatomy import targets
 from navigator.cli import main
 from navigator.physics.dose import dose_at_points, dose_on_grid
-from navigator.planning.needles import sample_nearest
+from navigator.core.sampling import sample_nearest
 from navigator.core.plan import Needle, Plan, PlannedSeed
 from navigator.postimplant.pipeline import dose_grid_over, resample_mask
 

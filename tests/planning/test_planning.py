@@ -11,8 +11,9 @@ from navigator.physics import tg43
 from navigator.errors import InputError, SeedModelError, StructureError
 from navigator.core.volume import Volume
 from navigator.planning.pipeline import make_plan
-from navigator.planning.optimize import PointPenalties, influence_matrix, kernel_table, optimize_loading
-from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
+from navigator.physics.kernel import influence_matrix, kernel_table
+from navigator.planning.optimize import PointPenalties, optimize_loading
+from tests.conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
 STS = str(IBSI)
 RX = 120.0
@@ -30,8 +31,8 @@ def neck():
 
 @pytest.fixture(scope="module")
 def sts001():
-    from navigator.io.dicom.ct import load_ct_series
-    from navigator.anatomy.structures import read_structure_set
+    from navigator.io.dicom import load_ct_series
+    from navigator.io.dicom import read_structure_set
 
     ct = load_ct_series(f"{STS}/STS_001/ct")
     st = read_structure_set(f"{STS}/STS_001/RS.dcm", ct)
@@ -145,7 +146,7 @@ def _tiny_ct():
 
 
 def test_bad_inputs_raise_clear_errors():
-    from navigator.anatomy.structures import Structure
+    from navigator.core.structure import Structure
 
     ct = _tiny_ct()
     gtv = np.zeros(ct.array.shape, bool)

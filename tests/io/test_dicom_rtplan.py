@@ -11,11 +11,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from navigator.io.dicom.write import PatientInfo, read_rtplan, write_ct_series, write_rtplan, write_rtstruct
+from navigator.io.dicom import PatientInfo, read_rtplan, write_ct_series, write_rtplan, write_rtstruct
 from navigator.errors import PlanError
 from navigator.core.volume import Volume
 from navigator.core.plan import Needle, Plan, PlannedSeed
-from conftest import dciodvfy  # the one dicom3tools IOD check
+from tests.conftest import dciodvfy  # the one dicom3tools IOD check
 
 RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
 

@@ -113,3 +113,22 @@ def test_a_torn_last_line_is_cut_on_resume(tmp_path):
     assert resumed.state == State.ALL_NEEDLES_CHECKED
     kinds = [e["kind"] for e in Journal.read(path)]
     assert kinds[-2:] == ["journal_repaired", "session_resumed"]
+
+
+def test_undone_step_is_a_journal_line_and_replays_as_live(tmp_path):
+    """A step that no longer holds (the device it started has gone) is undone by a journal line, so the resumed
+    session sees the same steps, in the same order, as the live one did."""
+    path = tmp_path / "session.jsonl"
+    s = Session.open(path)
+    s.complete_step("plan", {"seconds": 1.0})
+    s.complete_step("device_started", {"url": "socket://127.0.0.1:1", "pid": 1})
+    s.complete_step("needles", {"seconds": 2.0})
+    s.undo_step("device_started", "the simulated applicator it started is no longer running")
+    assert s.step_done("device_started") is None
+    s.complete_step("device_started", {"url": "socket://127.0.0.1:2", "pid": 2})
+    live = list(s.facts.steps_done.items())
+    resumed = Session.open(path)
+    assert list(resumed.facts.steps_done.items()) == live
+    assert [k for k, _ in live] == ["plan", "needles", "device_started"]
+    kinds = [json.loads(line)["kind"] for line in path.read_text().splitlines()]
+    assert "step_undone" in kinds

@@ -12,21 +12,13 @@ from matplotlib.path import Path as MplPath
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from navigator.io.dicom.ct import load_ct_series
+from navigator.io.dicom import load_ct_series
 from navigator.errors import StructureError
 from navigator.core.volume import Volume, grid_volume
-from navigator.anatomy.structures import (
-    Structure,
-    expand_margin,
-    get_structure,
-    mask_to_contours,
-    mask_volume_cc,
-    read_structure_set,
-    shrink_margin,
-    structure_fraction,
-    structure_mask,
-)
-from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
+from navigator.anatomy.structures import expand_margin, mask_to_contours, mask_volume_cc, shrink_margin, structure_fraction, structure_mask
+from navigator.core.structure import Structure, get_structure
+from navigator.io.dicom import read_structure_set
+from tests.conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
 DATA = IBSI
 pytestmark = pytest.mark.filterwarnings("ignore:The value length:UserWarning")

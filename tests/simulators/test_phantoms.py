@@ -11,9 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from navigator.io.dicom.ct import load_ct_series
+from navigator.io.dicom import load_ct_series
 from navigator.errors import InputError
-from navigator.anatomy.structures import mask_volume_cc, read_structure_set, structure_mask
+from navigator.anatomy.structures import mask_volume_cc, structure_mask
+from navigator.io.dicom import read_structure_set
 from simulators import phantoms as ph
 from tests.conftest import REPO
 
@@ -220,7 +221,7 @@ def test_write_scan(tmp_path, neck):
 
 def test_written_dicom_passes_the_iod_check(written):
     """dicom3tools' dciodvfy finds no errors in a phantom CT slice and its RT Structure Set."""
-    from conftest import dciodvfy
+    from tests.conftest import dciodvfy
 
     _, out = written
     for path in (sorted((out / "preplan" / "ct").glob("*.dcm"))[0], out / "preplan" / "RS.dcm"):

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 
 from navigator.session.journal import Journal
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SEED = 1          # the command's default --seed
 CASE = "neck"     # the command's default --case
 RX_GY = 120.0     # the command's default --rx-gy

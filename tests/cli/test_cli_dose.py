@@ -13,8 +13,8 @@ import pytest
 
 from navigator.physics import dose, tg43
 from navigator.cli import main
-from navigator.io.dicom.write import read_rtdose
-from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
+from navigator.io.dicom import read_rtdose
+from tests.conftest import IBSI, REPO  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
 STS = IBSI / "STS_001"
 
@@ -34,7 +34,7 @@ def test_tg43_table_on_stdout(capsys):
 
 def test_tg43_as_a_subprocess_and_activity_option():
     res = subprocess.run([sys.executable, "-m", "navigator.cli", "tg43", "--model", "IAI-125A", "--activity-mci", "0.5",
-                          "--along", "0", "--away", "1"], capture_output=True, text=True, cwd=Path(__file__).parents[1])  # fmt: skip
+                          "--along", "0", "--away", "1"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert float(res.stdout.splitlines()[1].split(",")[1]) == pytest.approx(0.5 * 1.270 * 0.981, rel=1e-5)
 

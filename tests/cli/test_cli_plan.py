@@ -10,11 +10,12 @@ import pydicom
 import pytest
 
 from navigator.cli import main
-from navigator.io.dicom.ct import load_ct_series
-from navigator.io.dicom.write import read_rtdose, write_rtstruct
+from navigator.io.dicom import load_ct_series
+from navigator.io.dicom import read_rtdose, write_rtstruct
 from navigator.core.plan import Plan
-from navigator.anatomy.structures import read_structure_set, structure_mask
-from conftest import IBSI, dciodvfy  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
+from navigator.anatomy.structures import structure_mask
+from navigator.io.dicom import read_structure_set
+from tests.conftest import IBSI, dciodvfy  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
 STS = str(IBSI)
 ARGS = ["--rx-gy", "120", "--seed-model", "6711", "--seed-activity-mci", "0.5"]
@@ -76,7 +77,7 @@ def test_rt_objects_pass_dciodvfy(sts004, name, tmp_path):
 
 
 def test_rtplan_reads_back_into_the_same_plan(sts004):
-    from navigator.io.dicom.rtplan import read_rtplan
+    from navigator.io.dicom import read_rtplan
 
     _, out = sts004
     plan = Plan.load(out / "plan.json")
@@ -171,7 +172,7 @@ def test_bad_input_exit_2(bad_rs, tmp_path, capsys, extra, message):
 
 # --- a plan that misses a goal: exit 3, and the JSON is still written ------------------------------------
 def test_plan_missing_a_goal_exits_3_with_json(tmp_path, capsys):
-    from navigator.io.dicom.write import write_ct_series
+    from navigator.io.dicom import write_ct_series
     from navigator.core.volume import Volume
     from navigator.anatomy.structures import mask_to_contours
 

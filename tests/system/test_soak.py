@@ -2,11 +2,12 @@
 simulator's ground truth. 1 % byte corruption, 2 % frame loss, a disconnect every 400 frames."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("bench_soak", Path(__file__).parents[1] / "bench" / "bench_soak.py")
+from tests.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("bench_soak", REPO / "bench" / "bench_soak.py")
 bench_soak = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_soak)
 

@@ -13,9 +13,9 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from navigator.io.dicom.ct import list_series, load_ct_series
+from navigator.io.dicom import list_series, load_ct_series
 from navigator.errors import DicomSeriesError, InputError
-from conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
+from tests.conftest import IBSI  # ../shared beside the checkout (or $NAVIGATOR_SHARED)
 
 DATA = IBSI
 
