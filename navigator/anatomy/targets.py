@@ -174,9 +174,16 @@ def ctv_mask(gtv: np.ndarray, grid: Volume, margin_mm: float = 5.0, body: np.nda
 
 
 def nogo_mask(ct: Volume, body: np.ndarray, oar_masks: dict[str, np.ndarray], clearance_mm: float = 1.0,
-              include_bone: bool = True, include_air: bool = True) -> tuple[np.ndarray, dict]:
+              include_bone: bool = True, include_air: bool = True,
+              track_step_mm: float | None = None) -> tuple[np.ndarray, dict]:
     """Where needles must not go: bone, internal air (airway/lung) and every OAR but the skin,
-    grown by ``clearance_mm``. Returns the mask and the voxel count per component (for the report)."""
+    grown by ``clearance_mm``. Returns the mask and the voxel count per component (for the report).
+
+    Without ``track_step_mm``: a voxel joins when its centre is within ``clearance_mm`` of a no-go voxel's centre.
+    With ``track_step_mm`` (the step at which a needle track is sampled, each sample reading the voxel nearest
+    to it): grown so that a track none of whose samples (end points included) reads no-go keeps at least
+    ``clearance_mm`` from every no-go voxel, the voxel taken as its box (the structure as rasterised), at every
+    point of the track — see ``_grow_for_tracks``."""
     parts = {}
     if include_bone:
         parts["bone"] = bone_mask(ct) & body
@@ -188,5 +195,26 @@ def nogo_mask(ct: Volume, body: np.ndarray, oar_masks: dict[str, np.ndarray], cl
     nogo = np.zeros(ct.array.shape, bool)
     for m in parts.values():
         nogo |= m
-    nogo = dilate_mm(nogo, ct, clearance_mm)
+    if track_step_mm is None:
+        nogo = dilate_mm(nogo, ct, clearance_mm)
+    else:
+        nogo = _grow_for_tracks(nogo, ct, clearance_mm, track_step_mm)
     return nogo, {k: int(v.sum()) for k, v in parts.items()}
+
+
+def _grow_for_tracks(mask: np.ndarray, grid: Volume, clearance_mm: float, track_step_mm: float) -> np.ndarray:
+    """``mask`` grown so that any point of a track sampled every ``track_step_mm`` (nearest-voxel reads, end
+    points included) whose samples all read outside the result lies >= ``clearance_mm`` from every box of
+    ``mask``'s voxels.
+
+    Why: a point lies within ``track_step_mm / 2`` of a sample; the sample lies within half a voxel (per axis) of
+    the voxel centre it reads; a mask voxel's box reaches half a voxel beyond its centre. So a voxel centre ``v``
+    must be no-go when some mask centre ``o`` has ``|| max(|v - o| - voxel, 0) || < clearance + step / 2`` (per
+    axis, mm): the centre-rule ball of that radius dilated by one voxel in every direction (3x3x3), which this
+    is, exactly. Conservative by at most one voxel per axis for a track that happens to pass a voxel corner."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return mask.copy()
+    cube = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))
+    return dilate_mm(cube, grid, float(clearance_mm) + 0.5 * float(track_step_mm))

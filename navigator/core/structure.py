@@ -29,6 +29,7 @@ class Structure:
     roi_type: str = ""  # RTROIInterpretedType (GTV, CTV, ORGAN, ...)
     plane_spacing_mm: float | None = None  # slab thickness of one contour plane; None -> inferred
     skipped_contours: int = 0  # POINT / OPEN contours and polygons with < 3 points, not used for masks
+    generation_algorithm: str = ""  # ROIGenerationAlgorithm as read (AUTOMATIC, SEMIAUTOMATIC, MANUAL); "" = unknown
 
     def __post_init__(self) -> None:
         contours = []

@@ -34,6 +34,10 @@ _AXIAL = {  # named after the side the needles come from
 }
 
 
+# Step (mm) at which a needle track is finally checked against the no-go mask; the mask is grown for it.
+VERIFY_STEP_MM = 0.25
+
+
 @dataclass
 class PlanningField:
     """Masks on the planning CT grid (shape of ``grid.array``)."""
@@ -52,7 +56,10 @@ class NeedleOptions:
     seed_step_mm: float = 5.0
     min_skin_depth_mm: float = 10.0
     tip_beyond_seed_mm: float = 5.0
-    nogo_clearance_mm: float = 2.0     # between the needle tip and the next no-go voxel
+    # Every point of a needle track (tip included) keeps at least this distance (mm) from bone, internal air
+    # and the organs at risk (their voxels as boxes): the no-go mask is grown for it (anatomy.targets.nogo_mask
+    # with track_step_mm=VERIFY_STEP_MM), so a needle is clear when no sample of its track reads no-go.
+    clearance_mm: float = 3.0
     template_standoff_mm: float = 10.0  # plate surface above the highest skin point under it
     max_needle_mm: float = 200.0
     trace_step_mm: float = 1.0
@@ -177,7 +184,7 @@ def _reach(tr: _Trace, plate_w: float, opts: NeedleOptions):
             continue
         after = np.nonzero(tr.nogo[l, c0:] | ~tr.inct[l, c0:])[0]
         block_w = tr.w[c0 + after[0]] if len(after) else tr.w[-1]
-        tmax = block_w - opts.nogo_clearance_mm
+        tmax = block_w - opts.trace_step_mm  # the last clear sample: the no-go mask holds the clearance
         tmax = min(tmax, plate_w + opts.max_needle_mm)
         ok = tr.ctv[l] & (tr.w + opts.tip_beyond_seed_mm <= tmax) & (tr.skin[l] >= opts.min_skin_depth_mm)
         if not ok.any():
@@ -426,14 +433,15 @@ def _single_needles(fld: PlanningField, d: np.ndarray, unreached: np.ndarray,
 
 
 def _verify(fld: PlanningField, needles: list[CandidateNeedle], opts: NeedleOptions) -> list[CandidateNeedle]:
-    """Re-trace each needle at 0.25 mm (the direction search samples every ``trace_step_mm`` and can step
-    over the corner of a thin no-go voxel): shorten a needle that meets no-go before its deepest tip, drop
-    it when that leaves no seed position."""
+    """Re-trace each needle every ``VERIFY_STEP_MM`` (the direction search samples every ``trace_step_mm`` and
+    can step over the corner of a thin no-go voxel): shorten a needle that meets no-go before its deepest tip
+    to its last clear sample, drop it when that leaves no seed position."""
     out = []
     for nd in needles:
-        clear, hit = needle_path_clear(fld, nd.entry_mm, nd.entry_mm + nd.max_tip_depth_mm * nd.axis, step_mm=0.25)
+        clear, hit = needle_path_clear(fld, nd.entry_mm, nd.entry_mm + nd.max_tip_depth_mm * nd.axis,
+                                       step_mm=VERIFY_STEP_MM)
         if not clear:
-            nd.max_tip_depth_mm = hit - opts.nogo_clearance_mm
+            nd.max_tip_depth_mm = hit - VERIFY_STEP_MM
             nd.seed_depths_mm = nd.seed_depths_mm[nd.seed_depths_mm + opts.tip_beyond_seed_mm <= nd.max_tip_depth_mm]
         if len(nd.seed_depths_mm):
             out.append(nd)
@@ -446,12 +454,15 @@ def _sub(tr: _Trace, l: int) -> _Trace:
                   tr.first_body[s], tr.ctv0[s])
 
 
-def needle_path_clear(fld: PlanningField, entry_mm, tip_mm, step_mm: float = 0.5) -> tuple[bool, float]:
-    """Whether the segment entry -> tip avoids the no-go mask; returns (clear, first no-go depth mm or inf)."""
+def needle_path_clear(fld: PlanningField, entry_mm, tip_mm, step_mm: float = VERIFY_STEP_MM) -> tuple[bool, float]:
+    """Whether the segment entry -> tip avoids the no-go mask, sampled every ``step_mm`` and at the tip (so every
+    point lies within ``step_mm / 2`` of a sample); returns (clear, first no-go depth mm or inf)."""
     entry = np.asarray(entry_mm, float)
     tip = np.asarray(tip_mm, float)
     length = float(np.linalg.norm(tip - entry))
     t = np.arange(0.0, length + 1e-9, step_mm)
+    if length - t[-1] > 1e-6:
+        t = np.append(t, length)
     pts = entry + t[:, None] * (tip - entry) / max(length, 1e-9)
     nogo, _ = sample_nearest(fld.nogo, fld.grid, pts, outside=False)
     hit = np.nonzero(nogo)[0]

@@ -35,6 +35,7 @@ from navigator.physics import tg43
 from navigator.physics.kernel import influence_matrix, kernel_table
 from navigator.planning.needles import (
     NeedleLayout,
+    VERIFY_STEP_MM,
     NeedleOptions,
     PlanningField,
     needle_path_clear,
@@ -244,7 +245,7 @@ def _masks(ct: Volume, structures: dict, tg: _Targets, opts: PlanOptions) -> _Ma
     else:
         body = targets.body_mask(ct)
         body_source = f"CT threshold HU > {targets.BODY_HU:g}"
-    nogo, nogo_parts = targets.nogo_mask(ct, body, tg.oar_masks)
+    nogo, nogo_parts = _nogo(ct, body, tg.oar_masks, opts.needles)
     # where the margin reaches the CT's edge, grow what the CT holds
     ctv = targets.ctv_mask(tg.gtv, ct, opts.margin_mm, body, rule="surface", beyond_grid="clip")
     skin = targets.skin_depth_mm(body, ct, near=ctv, reach_mm=max(40.0, 3 * opts.min_skin_depth_mm))
@@ -258,6 +259,13 @@ def _masks(ct: Volume, structures: dict, tg: _Targets, opts: PlanOptions) -> _Ma
     if not ctv.any():
         raise StructureError(f"target '{tg.name}' lies outside the patient's body contour; check the CT/structures")
     return _Masks(body, body_source, nogo, nogo_parts, ctv, skin, float(ctv.sum()) * ct.voxel_volume_cc)
+
+
+def _nogo(ct: Volume, body: np.ndarray, oar_masks: dict, nopts: NeedleOptions, include_air: bool = True):
+    """The no-go mask grown so that a needle whose track samples (every ``VERIFY_STEP_MM``) are all clear keeps
+    ``nopts.clearance_mm`` from bone, internal air and the OARs along its whole length (``targets.nogo_mask``)."""
+    return targets.nogo_mask(ct, body, oar_masks, clearance_mm=nopts.clearance_mm, include_air=include_air,
+                             track_step_mm=VERIFY_STEP_MM)
 
 
 # --- 4. needle layout -----------------------------------------------------------------------------------
@@ -295,8 +303,8 @@ def _transpulmonary_layout(ct: Volume, tg: _Targets, mk: _Masks, nopts: NeedleOp
     Deep mediastinal nodes are often out of reach without crossing lung: CT-guided practice then goes
     transpulmonary. Needles may cross lung (not trachea/bronchi or any other OAR); seeds never lie in it."""
     passable = {n for n in tg.oar_masks if "lung" in n.lower()}
-    nogo_path, _ = targets.nogo_mask(ct, mk.body, {n: m for n, m in tg.oar_masks.items() if n not in passable},
-                                     include_air=False)
+    nogo_path, _ = _nogo(ct, mk.body, {n: m for n, m in tg.oar_masks.items() if n not in passable}, nopts,
+                         include_air=False)
     fld_lung = PlanningField(grid=ct, body=mk.body, skin_depth_mm=mk.skin, nogo=nogo_path, ctv=mk.ctv)
     try:
         alt = plan_needles(fld_lung, nopts, prone=prone)
@@ -511,7 +519,12 @@ def _plan_extra(plan: Plan, opts: PlanOptions, tg: _Targets, mk: _Masks, layout:
         "oars_skipped": tg.oars_skipped,
         "oar_limits": {n: {"D0.1cc_gy": round(v["D0.1cc_gy"], 2), "class": v["class"], "basis": v["basis"]}
                        for n, v in tg.limits.items()},
-        "nogo": {"components_voxels": mk.nogo_parts, "clearance_mm": 1.0 + nopts.nogo_clearance_mm,
+        "nogo": {"components_voxels": mk.nogo_parts, "clearance_mm": nopts.clearance_mm,
+                 "clearance_rule": (f"every point of every needle track, tip included, >= {nopts.clearance_mm:g} mm "
+                                    "from the voxels (as boxes) of bone, internal air and the organs at risk: the "
+                                    f"no-go mask is grown by {nopts.clearance_mm + 0.5 * VERIFY_STEP_MM:g} mm (voxel "
+                                    "centres) and one voxel, and each track is checked every "
+                                    f"{VERIFY_STEP_MM:g} mm"),
                  "needle_access": access},
         "min_skin_depth_mm": opts.min_skin_depth_mm,
         "oar_metrics_method": ("TG-43 2D dose (0.25 mm kernel table of navigator.physics.tg43, bilinear) at the OAR's CT "
@@ -586,7 +599,8 @@ def _checks(plan: Plan, metrics: dict, limits: dict, fld: PlanningField, opts: P
     sd, _ = sample_nearest(fld.skin_depth_mm, fld.grid, pos, outside=0.0) if len(pos) else (np.zeros(0), None)
     c["seeds_below_skin"] = {"min_depth_mm": float(sd.min()) if len(sd) else None,
                              "limit_mm": opts.min_skin_depth_mm, "ok": bool(len(sd) > 0 and sd.min() >= opts.min_skin_depth_mm)}
-    blocked = [n.id for n in plan.needles if not needle_path_clear(fld, n.entry_mm, n.tip_mm, step_mm=0.25)[0]]
-    c["needles_clear_of_nogo"] = {"blocked": blocked, "ok": not blocked}
+    blocked = [n.id for n in plan.needles
+               if not needle_path_clear(fld, n.entry_mm, n.tip_mm, step_mm=VERIFY_STEP_MM)[0]]
+    c["needles_clear_of_nogo"] = {"blocked": blocked, "clearance_mm": opts.needles.clearance_mm, "ok": not blocked}
     c["all_ok"] = bool(all(v["ok"] for v in c.values()))
     return c

@@ -325,3 +325,85 @@ def test_non_plan_files_are_refused(tmp_path):
     path = write_ct_series(ct, tmp_path / "ct")[0]
     with pytest.raises(PlanError, match="not an RT Plan"):
         read_rtplan(path)
+
+
+# --- issue #12: prescription naming, seed calibration and implant date ----------------------------------------
+def _plan_on_ct(tmp_path):
+    """oblique_plan on a small CT with a structure set holding the GTV (ROI 1) and the CTV grown from it (ROI 2)."""
+    plan = oblique_plan()
+    plan.target = "GTV node"
+    ct = Volume(np.zeros((6, 16, 12), np.float32), [-60.0, -100.0, 80.0], [4.0, 5.0, 5.0],
+                frame_of_reference_uid=FOR_UID, patient_id="P12", patient_name="Test^Twelve")
+    patient = PatientInfo.from_volume(ct)
+    write_ct_series(ct, tmp_path / "ct", patient)
+    tri = np.array([[-50, -90, 90], [-40, -90, 90], [-45, -80, 90.]])
+    rs_uid = "1.2.826.0.1.3680043.8.498.4243"
+    write_rtstruct(tmp_path / "RS.dcm", ct, {"GTV node": [tri], "CTV": [tri * 1.01]}, patient,
+                   roi_types={"GTV node": "GTV", "CTV": "CTV"}, sop_instance_uid=rs_uid)
+    return plan, ct, patient, rs_uid
+
+
+def test_prescription_texts_name_the_referenced_roi_and_the_target_reads_back(tmp_path):
+    plan, ct, patient, rs_uid = _plan_on_ct(tmp_path)
+    path, _ = write_rtplan(tmp_path / "RP.dcm", plan, ct, patient, structure_set_sop_uid=rs_uid,
+                           target_roi_number=2, target_roi_name="CTV")
+    errors, warnings = dciodvfy(path)
+    assert errors == [] and all(ONLY_WARNING in w for w in warnings), (errors, warnings)
+    ds = pydicom.dcmread(path)
+    rs = pydicom.dcmread(tmp_path / "RS.dcm")
+    dref = ds.DoseReferenceSequence[0]
+    referenced = {int(r.ROINumber): r.ROIName for r in rs.StructureSetROISequence}[int(dref.ReferencedROINumber)]
+    assert referenced == "CTV" == dref.DoseReferenceDescription
+    for text in (ds.PrescriptionDescription, ds.RTPlanName):
+        assert "CTV" in text and "GTV" not in text, text
+    back = read_rtplan(path)
+    assert back.target == "GTV node" and back.prescription_gy == pytest.approx(plan.prescription_gy)
+
+
+def test_calibration_date_and_implant_date_round_trip(tmp_path):
+    plan, ct, patient, rs_uid = _plan_on_ct(tmp_path)
+    factor = math.exp(-math.log(2.0) * 21 / 59.4)  # 21 days of I-125
+    plan.seed_sk_u = 0.7 * factor
+    plan.extra["source_strength"] = {"calibration_date": "20261103", "calibration_time": "093000",
+                                     "implant_date": "20261124", "sk_u_at_calibration": 0.7,
+                                     "sk_u_at_implant": plan.seed_sk_u, "decay_factor": factor}
+    path, _ = write_rtplan(tmp_path / "RP.dcm", plan, ct, patient, structure_set_sop_uid=rs_uid, target_roi_number=2,
+                           target_roi_name="CTV")
+    assert dciodvfy(path)[0] == []
+    src = pydicom.dcmread(path).SourceSequence[0]
+    assert (src.SourceStrengthReferenceDate, src.SourceStrengthReferenceTime) == ("20261103", "093000")
+    assert float(src.ReferenceAirKermaRate) == pytest.approx(0.7, rel=1e-12)
+    back = read_rtplan(path)
+    assert back.seed_sk_u == pytest.approx(plan.seed_sk_u, rel=1e-12)
+    assert back.extra["source"]["implant_date"] == "20261124"
+    assert back.extra["source"]["decay_factor"] == pytest.approx(factor, rel=1e-12)
+
+
+def test_decayed_strength_follows_the_i125_half_life():
+    from navigator.io.dicom import decayed_strength
+
+    assert decayed_strength(0.6, "20261101", "20261101") == (pytest.approx(0.6), pytest.approx(1.0))
+    sk, f = decayed_strength(0.6, "20260101", "20260301")  # 59 days: just under one half-life of 59.4 d
+    assert f == pytest.approx(2.0 ** (-59 / 59.4), rel=1e-12) and sk == pytest.approx(0.6 * f, rel=1e-12)
+    with pytest.raises(PlanError, match="not a date YYYYMMDD"):
+        decayed_strength(0.6, "2026-01-01", "20260301")
+    with pytest.raises(PlanError, match="days from the seed calibration date"):
+        decayed_strength(0.6, "20260101", "20280101")
+
+
+def test_without_a_calibration_date_the_reference_is_the_planning_time_and_says_so(tmp_path):
+    plan = oblique_plan()
+    path, _ = write_rtplan(tmp_path / "RP.dcm", plan)
+    ds = pydicom.dcmread(path)
+    src = ds.SourceSequence[0]
+    assert (src.SourceStrengthReferenceDate, src.SourceStrengthReferenceTime) == (ds.RTPlanDate, ds.RTPlanTime)
+    assert "no seed calibration date was given" in ds.RTPlanDescription
+    assert read_rtplan(path).seed_sk_u == pytest.approx(plan.seed_sk_u)
+
+
+def test_rtplan_series_number_and_description_above_the_ct(tmp_path):
+    plan, ct, patient, rs_uid = _plan_on_ct(tmp_path)
+    patient.series_number = 7
+    path, _ = write_rtplan(tmp_path / "RP.dcm", plan, ct, patient, structure_set_sop_uid=rs_uid)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert int(ds.SeriesNumber) == 10 and ds.SeriesDescription == "navigator pre-plan: I-125 seeds"

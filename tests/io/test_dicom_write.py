@@ -14,6 +14,7 @@ from navigator.io.dicom import (PatientInfo, new_uid, read_rtdose, write_ct_seri
 from navigator.errors import InputError
 from navigator.core.volume import Volume, grid_volume
 from tests.conftest import dciodvfy  # the one dicom3tools IOD check
+from tests.io.dicom_checks import errors_not_in_source
 
 SPACING = (0.8, 0.75, 2.5)  # i, j, k: every axis different, so a swap fails loudly
 ORIGIN = (-31.2, 17.6, 84.0)
@@ -315,8 +316,12 @@ def test_real_feet_first_series_survives_a_rewrite(ibsi_dir, tmp_path):
     real = load_ct_series(ibsi_dir / "STS_004" / "ct")
     assert real.meta["patient_position"] == "FFS"
     paths = write_ct_series(real, tmp_path / "ct", series_uid=new_uid(), patient_position="FFS")
-    # (StudyID of this export is 17 characters, over SH's 16: the writer cuts it rather than write bad DICOM)
-    assert dciodvfy(paths[0])[0] == [] and dciodvfy(paths[-1])[0] == []
+    # StudyID of this export is 17 characters, over SH's 16: kept as the CT has it (a cut value no longer matches
+    # the study), so dciodvfy reports in our slices the VR error it reports in the source's, and nothing else
+    source = sorted((ibsi_dir / "STS_004" / "ct").glob("*.dcm"))[0]
+    assert errors_not_in_source(dciodvfy(paths[0])[0], source) == []
+    assert errors_not_in_source(dciodvfy(paths[-1])[0], source) == []
+    assert pydicom.dcmread(paths[0], stop_before_pixels=True).StudyID == real.meta["StudyID"] == "IBSI_1_STS_004_CT"
     again = load_ct_series(tmp_path / "ct")
     np.testing.assert_allclose(again.origin_mm, real.origin_mm, atol=1e-4)
     np.testing.assert_allclose(again.spacing_mm, real.spacing_mm, atol=1e-5)
@@ -342,3 +347,102 @@ def test_rtstruct_reads_back_with_read_structure_set(ct_written, tmp_path):
     # and a Structure read back writes out again unchanged
     path2 = write_rtstruct(tmp_path / "RS2.dcm", ct, {"GTV": back["GTV"]}, patient)
     assert read_structure_set(path2, ct)["GTV"].roi_type == "GTV"
+
+
+# --- issue #12: identity of the CT carried into every object, series apart, ROIs as read ------------------------
+DEID_CODES = [("113100", "DCM", "Basic Application Confidentiality Profile"),
+              ("113107", "DCM", "Retain Longitudinal With Modified Dates Option")]
+
+
+def _deidentified_ct_on_disk(tmp_path, study_id: str, series_number: int = 5):
+    """A CT written with de-identification attributes (as a de-identifying PACS export has them), loaded back."""
+    from navigator.io.dicom import load_ct_series
+
+    ct = make_ct(shape=(6, 20, 16))
+    ct.meta["StudyID"] = study_id
+    patient = PatientInfo.from_volume(ct)
+    codes = [{"00080100": {"vr": "SH", "Value": [v]}, "00080102": {"vr": "SH", "Value": [s]},
+              "00080104": {"vr": "LO", "Value": [m]}} for v, s, m in DEID_CODES]
+    patient.carried = {"PatientIdentityRemoved": {"vr": "CS", "Value": ["YES"]},
+                       "DeidentificationMethod": {"vr": "LO", "Value": ["Per DICOM PS 3.15 AnnexE"]},
+                       "DeidentificationMethodCodeSequence": {"vr": "SQ", "Value": codes},
+                       "PatientWeight": {"vr": "DS", "Value": [71.5]},
+                       "StudyDescription": {"vr": "LO", "Value": ["NECK NODE"]}}
+    write_ct_series(ct, tmp_path / "ct", patient, series_number=series_number, series_description="source CT")
+    return load_ct_series(tmp_path / "ct"), sorted((tmp_path / "ct").glob("*.dcm"))[0]
+
+
+def _derived_objects(ct, tmp_path) -> dict:
+    z = ct.ijk_to_lps([0, 0, 2])[2]
+    rs = write_rtstruct(tmp_path / "RS.dcm", ct, {"GTV": [_square(z)]})
+    rd = write_rtdose(tmp_path / "RD.dcm", _dose_on_small(ct), ct, bits=16)
+    return {"RTSTRUCT": rs, "RTDOSE": rd}
+
+
+def _dose_on_small(ct: Volume) -> Volume:
+    d = np.linalg.norm(ct.voxel_centers_lps() - ct.ijk_to_lps([8, 10, 3]), axis=1) + 1.0
+    return ct.with_array((100.0 / d ** 2).reshape(ct.array.shape).astype(np.float32))
+
+
+def test_deidentification_and_identity_of_the_ct_carried_into_every_object(tmp_path):
+    ct, ct_file = _deidentified_ct_on_disk(tmp_path, "STUDY-16-CHARS!!")
+    source = pydicom.dcmread(ct_file, stop_before_pixels=True)
+    assert source.PatientIdentityRemoved == "YES"  # the CT writer carries them too
+    for name, path in _derived_objects(ct, tmp_path).items():
+        errors, _ = dciodvfy(path)
+        assert errors == [], (name, errors)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for kw in ("PatientIdentityRemoved", "DeidentificationMethod", "PatientWeight", "StudyDescription",
+                   "StudyID", "StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+                   "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName"):
+            assert str(ds.get(kw, "")) == str(source.get(kw, "")) != "", (name, kw)
+        assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning)
+                for c in ds.DeidentificationMethodCodeSequence] == DEID_CODES
+
+
+def test_study_id_kept_exactly_whether_it_fits_sh_or_not(tmp_path):
+    # 16 characters (SH's maximum): kept, and the objects conform
+    ct, _ = _deidentified_ct_on_disk(tmp_path / "a", "ABCDEFGHIJKLMNOP")
+    for path in _derived_objects(ct, tmp_path / "a").values():
+        assert pydicom.dcmread(path, stop_before_pixels=True).StudyID == "ABCDEFGHIJKLMNOP"
+        assert dciodvfy(path)[0] == []
+    # 17 characters (real exports break the rule): still kept, not cut, since a cut StudyID no longer matches
+    # the CT's study; dciodvfy then reports that one VR error, as it does in the CT itself, and nothing else
+    ct, ct_file = _deidentified_ct_on_disk(tmp_path / "b", "IBSI_1_STS_004_CT")
+    assert dciodvfy(ct_file)[0] != []
+    for path in _derived_objects(ct, tmp_path / "b").values():
+        assert pydicom.dcmread(path, stop_before_pixels=True).StudyID == "IBSI_1_STS_004_CT"
+        errors = dciodvfy(path)[0]
+        assert any("Study ID" in e and "Length invalid" in e for e in errors), errors
+        assert errors_not_in_source(errors, ct_file) == []
+
+
+def test_derived_series_numbered_above_the_ct_with_descriptions(tmp_path):
+    ct, _ = _deidentified_ct_on_disk(tmp_path, "42", series_number=5)
+    assert ct.meta["series_number"] == "5"
+    objs = {k: pydicom.dcmread(p, stop_before_pixels=True) for k, p in _derived_objects(ct, tmp_path).items()}
+    assert (int(objs["RTSTRUCT"].SeriesNumber), int(objs["RTDOSE"].SeriesNumber)) == (6, 7)
+    assert objs["RTDOSE"].SeriesDescription == "navigator dose (TG-43)"
+
+
+def test_roi_generation_algorithm_colour_and_type_as_read(ct_written, tmp_path):
+    from navigator.core.structure import Structure
+    from navigator.io.dicom import read_structure_set
+
+    ct, patient, _ = ct_written
+    z = ct.ijk_to_lps([0, 0, 5])[2]
+    drawn = Structure("Node", 1, [_square(z)], color=(12, 34, 56), roi_type="GTV", generation_algorithm="MANUAL")
+    path = write_rtstruct(tmp_path / "RS.dcm", ct, {"Node": drawn, "CTV": [_square(z, half=8.0)]}, patient,
+                          roi_types={"CTV": "CTV"})
+    assert dciodvfy(path)[0] == []
+    ds = pydicom.dcmread(path)
+    rois = {r.ROIName: r for r in ds.StructureSetROISequence}
+    assert rois["Node"].ROIGenerationAlgorithm == "MANUAL" and "ROIGenerationDescription" not in rois["Node"]
+    assert (rois["CTV"].ROIGenerationAlgorithm, rois["CTV"].ROIGenerationDescription) == ("AUTOMATIC", "navigator")
+    back = read_structure_set(path, ct)
+    assert (back["Node"].generation_algorithm, back["Node"].color, back["Node"].roi_type) == \
+        ("MANUAL", (12, 34, 56), "GTV")
+    # written again from what was read: unchanged
+    again = read_structure_set(write_rtstruct(tmp_path / "RS2.dcm", ct, back, patient), ct)
+    assert [(s.name, s.generation_algorithm, s.color, s.roi_type) for s in again.values()] == \
+        [(s.name, s.generation_algorithm, s.color, s.roi_type) for s in back.values()]

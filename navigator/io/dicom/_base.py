@@ -12,12 +12,13 @@ import contextlib
 import datetime as _dt
 import functools
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pydicom.config
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
@@ -39,6 +40,17 @@ LINE_ROI_TYPES = {"MARKER", "CONTROL", "BRACHY_CHANNEL", "BRACHY_ACCESSORY", "BR
 # A contour references a CT slice only if it lies in the slice's plane (contours made on another grid
 # lie between slices and reference none).
 _IN_PLANE_MM = 0.05
+# Patient, study and de-identification attributes of the source CT that every object of an export repeats as
+# the CT has them (Patient, Patient Study, General Study modules; PS3.15 E.1-1 asks derived objects of a
+# de-identified study to say so too). Kept in ``Volume.meta["dicom_identity"]`` as the DICOM JSON model.
+CARRIED_IDENTITY_KEYWORDS = (
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    "LongitudinalTemporalInformationModified", "IssuerOfPatientID", "OtherPatientIDsSequence", "PatientBirthTime",
+    "PatientComments", "EthnicGroup", "PatientSpeciesDescription", "ResponsiblePerson", "ResponsibleOrganization",
+    "StudyDescription", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianIdentificationSequence", "PatientAge", "PatientSize", "PatientWeight",
+    "AdmittingDiagnosesDescription", "AdditionalPatientHistory",
+)
 # Distinct colours for ROIs without one (RGB 0-255).
 _PALETTE = [(255, 0, 0), (0, 160, 255), (255, 200, 0), (0, 200, 0), (255, 0, 255), (0, 255, 255),
             (255, 128, 0), (128, 0, 255), (128, 255, 0), (255, 0, 128)]
@@ -71,6 +83,9 @@ class PatientInfo:
     accession: str = ""
     referring_physician: str = ""
     frame_of_reference_uid: str = ""
+    # {keyword: DICOM JSON model of the element} of CARRIED_IDENTITY_KEYWORDS the source CT has, written as-is
+    carried: dict = field(default_factory=dict)
+    series_number: int | None = None  # the source CT's SeriesNumber: ours are chosen above it
 
     def __post_init__(self) -> None:
         if not self.study_uid:
@@ -100,7 +115,30 @@ class PatientInfo:
             accession=str(m.get("AccessionNumber", "") or ""),
             referring_physician=str(m.get("ReferringPhysicianName", "") or ""),
             frame_of_reference_uid=str(ct.frame_of_reference_uid or ""),
+            carried={k: v for k, v in dict(m.get("dicom_identity") or {}).items() if k in CARRIED_IDENTITY_KEYWORDS},
+            series_number=_int_or_none(m.get("series_number")),
         )
+
+    def series_number_above(self, offset: int) -> int:
+        """A SeriesNumber ``offset`` (>= 1) above the source CT's (above 1 when it is unknown), so that ours never
+        collide with the CT's: a reader that lists the study by series number shows each object apart."""
+        return max(int(self.series_number or 1), 1) + int(offset)
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def identity_elements(ds: Dataset) -> dict:
+    """``{keyword: DICOM JSON model}`` of the CARRIED_IDENTITY_KEYWORDS present (non-empty) in ``ds``."""
+    out = {}
+    for kw in CARRIED_IDENTITY_KEYWORDS:
+        if kw in ds and ds[kw].value not in (None, "", []):
+            out[kw] = ds[kw].to_json_dict(None, 1 << 20)
+    return out
 
 
 # --- shared modules ---------------------------------------------------------------------------------------
@@ -176,8 +214,12 @@ def _base_dataset(sop_class_uid: str, sop_instance_uid: str, patient: PatientInf
     ds.StudyDate = _da(patient.study_date)
     ds.StudyTime = _tm(patient.study_time)
     ds.ReferringPhysicianName = str(patient.referring_physician)[:64]
-    ds.StudyID = str(patient.study_id)[:16]
+    # The CT's StudyID exactly, even when it breaks SH's 16 characters (real exports do: IBSI's STS CTs have
+    # 17): a cut value no longer matches the CT's study in a reader that groups by Study ID (dicompyler,
+    # Orthanc), which is worse than the over-long SH that dciodvfy reports in our object as in the CT itself.
+    ds.StudyID = str(patient.study_id)
     ds.AccessionNumber = str(patient.accession)[:16]
+    _carry_identity(ds, patient.carried)
 
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
@@ -193,10 +235,20 @@ def _base_dataset(sop_class_uid: str, sop_instance_uid: str, patient: PatientInf
     return ds
 
 
+def _carry_identity(ds: Dataset, carried: dict) -> None:
+    """Write the source CT's carried identity attributes (``PatientInfo.carried``) into ``ds`` as they were."""
+    for kw, model in (carried or {}).items():
+        tag = tag_for_keyword(kw)
+        if tag is None or kw not in CARRIED_IDENTITY_KEYWORDS:
+            continue
+        ds.update(Dataset.from_json({f"{tag:08X}": model}))
+
+
 def _save(ds: Dataset, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    with _quiet():  # an identity value kept as the source has it may break its VR's length (see StudyID)
+        ds.save_as(path, enforce_file_format=True)
     return path
 
 

@@ -29,7 +29,8 @@ from pydicom.errors import InvalidDicomError
 
 from navigator.errors import DicomSeriesError, InputError
 from navigator.io.dicom._base import (CT_IMAGE_STORAGE, PatientInfo, _base_dataset, _ds, _ds_list, _fill_identity,
-                                      _hu_rescale, _now, _plane_geometry, _prechecked, _quiet, _save, _uid)
+                                      _hu_rescale, _now, _plane_geometry, _prechecked, _quiet, _save, _uid,
+                                      identity_elements)
 from navigator.core.volume import Volume
 
 __all__ = ["SeriesInfo", "list_series", "load_ct_series"]
@@ -220,9 +221,31 @@ def _check_series_modality(folder: Path, info: SeriesInfo, hs: list[_Header]) ->
 
 
 def _geometry(folder: Path, hs: list[_Header]):
-    """Sort slices along the normal and check they form one regular, untilted stack."""
-    iops = [_floats(h, "ImageOrientationPatient", 6) for h in hs]
+    """Sort slices along the normal and check they form one regular, untilted stack.
+
+    Returns (order, origin LPS mm, spacing (i, j, k) mm, direction columns, (rows, columns))."""
+    rows, cols, ps, iop = _image_plane(hs)
+    row_cos, col_cos, normal = _orthonormal(hs[0], iop)
+    if len(hs) < 2:
+        raise DicomSeriesError(
+            f"{folder}: series has 1 slice ({hs[0].path.name}); a volume needs at least 2 slices; "
+            "export the whole series"
+        )
     ipps = np.array([_floats(h, "ImagePositionPatient", 3) for h in hs])
+    s = ipps @ normal
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    tol = _check_steps(folder, hs, order, s_sorted)
+    _check_untilted(folder, hs, order, ipps, normal, s_sorted, tol)
+    step = float((s_sorted[-1] - s_sorted[0]) / (len(hs) - 1))
+    spacing = np.array([ps[1], ps[0], step])
+    direction = np.column_stack([row_cos, col_cos, normal])
+    return order, ipps[order[0]], spacing, direction, (rows, cols)
+
+
+def _image_plane(hs: list[_Header]):
+    """(rows, columns, PixelSpacing, ImageOrientationPatient) shared by every slice; DicomSeriesError otherwise."""
+    iops = [_floats(h, "ImageOrientationPatient", 6) for h in hs]
     pss = [_floats(h, "PixelSpacing", 2) for h in hs]
     rows = [int(h.ds.get("Rows", 0) or 0) for h in hs]
     cols = [int(h.ds.get("Columns", 0) or 0) for h in hs]
@@ -236,32 +259,31 @@ def _geometry(folder: Path, hs: list[_Header]):
         raise DicomSeriesError(
             f"{hs[0].path}: PixelSpacing {pss[0].tolist()} mm; pixel spacing must be positive; re-export the series"
         )
+    return rows[0], cols[0], pss[0], iops[0]
 
-    row_cos, col_cos = iops[0][:3], iops[0][3:]
+
+def _orthonormal(h: _Header, iop: np.ndarray):
+    """Row and column cosines made exactly orthonormal, and the slice normal; DicomSeriesError when the file's
+    are not two perpendicular unit vectors."""
+    row_cos, col_cos = iop[:3], iop[3:]
     if (
         abs(np.linalg.norm(row_cos) - 1) > _COSINE_TOL
         or abs(np.linalg.norm(col_cos) - 1) > _COSINE_TOL
         or abs(float(row_cos @ col_cos)) > _COSINE_TOL
     ):
         raise DicomSeriesError(
-            f"{hs[0].path}: ImageOrientationPatient {iops[0].tolist()} is not two perpendicular unit vectors "
+            f"{h.path}: ImageOrientationPatient {iop.tolist()} is not two perpendicular unit vectors "
             f"(lengths {np.linalg.norm(row_cos):.4f}, {np.linalg.norm(col_cos):.4f}, dot {row_cos @ col_cos:.4f}); "
             "the slice orientation is invalid; re-export the series"
         )
     row_cos = row_cos / np.linalg.norm(row_cos)
     col_cos = col_cos - (col_cos @ row_cos) * row_cos
     col_cos = col_cos / np.linalg.norm(col_cos)
-    normal = np.cross(row_cos, col_cos)
+    return row_cos, col_cos, np.cross(row_cos, col_cos)
 
-    if len(hs) < 2:
-        raise DicomSeriesError(
-            f"{folder}: series has 1 slice ({hs[0].path.name}); a volume needs at least 2 slices; "
-            "export the whole series"
-        )
 
-    s = ipps @ normal
-    order = np.argsort(s, kind="stable")
-    s_sorted = s[order]
+def _check_steps(folder: Path, hs: list[_Header], order: np.ndarray, s_sorted: np.ndarray) -> float:
+    """No duplicate positions, no missing slices, one slice step; returns the position tolerance (mm)."""
     steps = np.diff(s_sorted)
     median_step = float(np.median(steps))
     tol = max(0.01, 0.01 * abs(median_step))
@@ -294,8 +316,12 @@ def _geometry(folder: Path, hs: list[_Header]):
             f"(tolerance {tol:.3f} mm around the median {median_step:.3f} mm); the navigator needs evenly spaced "
             "slices; re-export the series with uniform spacing (one reconstruction, one slice increment)"
         )
+    return tol
 
-    # Gantry tilt (or sheared stacks): the slice origins must move along the normal only.
+
+def _check_untilted(folder: Path, hs: list[_Header], order: np.ndarray, ipps: np.ndarray, normal: np.ndarray,
+                    s_sorted: np.ndarray, tol: float) -> None:
+    """Gantry tilt (or sheared stacks): the slice origins must move along the normal only."""
     offsets = ipps[order] - ipps[order[0]]
     inplane = offsets - np.outer(offsets @ normal, normal)
     shear = np.linalg.norm(inplane, axis=1)
@@ -310,11 +336,6 @@ def _geometry(folder: Path, hs: list[_Header]):
             f"({angle:.2f} deg{tilt_txt}); a gantry-tilted or sheared series cannot be used as a volume; "
             "rescan without gantry tilt or re-export the series resampled to an orthogonal grid"
         )
-
-    step = float((s_sorted[-1] - s_sorted[0]) / (len(hs) - 1))
-    spacing = np.array([pss[0][1], pss[0][0], step])
-    direction = np.column_stack([row_cos, col_cos, normal])
-    return order, ipps[order[0]], spacing, direction, (rows[0], cols[0])
 
 
 # --- pixels -------------------------------------------------------------------------------------------------
@@ -385,7 +406,9 @@ def load_ct_series(path, series_uid: str | None = None) -> Volume:
     ``slice_thickness_mm`` (SliceThickness, may differ from the slice step ``spacing_mm[2]``; None if absent),
     ``modality``, ``series_description``, ``series_number``, ``manufacturer``, and the
     study/patient tags named by DICOM keyword: PatientBirthDate, PatientSex, StudyDate, StudyTime, StudyID,
-    AccessionNumber, ReferringPhysicianName, StudyDescription.
+    AccessionNumber, ReferringPhysicianName, StudyDescription; ``dicom_identity``: the de-identification and
+    other identity attributes the CT has (``_base.CARRIED_IDENTITY_KEYWORDS``, DICOM JSON model by keyword), which
+    every object written for this CT repeats.
 
     Raises ``DicomSeriesError`` on anything that would make the volume untrustworthy.
     """
@@ -452,6 +475,7 @@ def _load(folder: Path, series_uid: str | None) -> Volume:
     }
     for kw in STUDY_PATIENT_KEYWORDS:
         meta[kw] = _str(first, kw)
+    meta["dicom_identity"] = identity_elements(first)
     return Volume(
         array=array,
         origin_mm=origin,
@@ -467,6 +491,59 @@ def _load(folder: Path, series_uid: str | None) -> Volume:
 
 
 # --- writing ----------------------------------------------------------------------------------------------
+def _stored_pixels(hu_array) -> tuple[np.ndarray, float, float]:
+    """(int16 stored values (k, j, i), RescaleSlope, RescaleIntercept) of a HU volume."""
+    hu = np.asarray(hu_array)
+    if hu.dtype.kind == "f" and not np.all(np.isfinite(hu)):
+        raise InputError("CT volume has NaN or infinite values; fill them (e.g. with -1000 HU) before export")
+    slope, intercept = _hu_rescale(hu)
+    if slope == 1.0 and intercept == 0.0:  # the common case, kept in the input's precision (fast)
+        return np.rint(hu).astype("<i2"), slope, intercept
+    stored = np.clip(np.rint((hu.astype(np.float64) - intercept) / slope), -32768, 32767).astype("<i2")
+    return stored, slope, intercept
+
+
+def _ct_slice(volume: Volume, k: int, sop_uid: str, stored: np.ndarray, c: dict):
+    """The CT Image dataset of slice ``k`` (``c``: the series' shared settings, see ``write_ct_series``)."""
+    row_dir, col_dir, normal, _ = _plane_geometry(volume)
+    date, time = _now()
+    ds = _base_dataset(CT_IMAGE_STORAGE, sop_uid, c["patient"], "CT", c["series_uid"], c["series_number"],
+                       c["series_description"])
+    ds.PatientPosition = c["patient_position"]
+    if c["body_part"]:
+        ds.BodyPartExamined = c["body_part"]  # NECK / CHEST: unpaired, so no (series) Laterality
+    else:
+        ds.ImageLaterality = "U"  # unpaired
+    ds.FrameOfReferenceUID = volume.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.InstanceNumber = k + 1
+    ds.AcquisitionNumber = 1
+    ds.ContentDate = date
+    ds.ContentTime = time
+    ds.KVP = _ds(c["kvp"])
+    ipp = volume.ijk_to_lps([0.0, 0.0, float(k)])
+    ds.ImagePositionPatient = _ds_list(ipp)
+    ds.ImageOrientationPatient = _ds_list(np.concatenate([row_dir, col_dir]))
+    ds.PixelSpacing = [_ds(volume.spacing_mm[1]), _ds(volume.spacing_mm[0])]  # (row step, column step)
+    ds.SliceThickness = _ds(c["thickness"])
+    ds.SliceLocation = _ds_list([float(np.dot(ipp, normal))])[0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = _ds(c["intercept"])
+    ds.RescaleSlope = _ds(c["slope"])
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "400"
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
 @_prechecked
 def write_ct_series(volume: Volume, out_dir, patient: PatientInfo | None = None, series_uid: str | None = None,
                     series_description: str = "", patient_position: str = "HFS",
@@ -499,59 +576,15 @@ def write_ct_series(volume: Volume, out_dir, patient: PatientInfo | None = None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    row_dir, col_dir, normal, _ = _plane_geometry(volume)
-    nk, nj, ni = volume.array.shape
-    hu = np.asarray(volume.array)
-    if hu.dtype.kind == "f" and not np.all(np.isfinite(hu)):
-        raise InputError("CT volume has NaN or infinite values; fill them (e.g. with -1000 HU) before export")
-    slope, intercept = _hu_rescale(hu)
-    if slope == 1.0 and intercept == 0.0:  # the common case, kept in the input's precision (fast)
-        stored = np.rint(hu).astype("<i2")
-    else:
-        stored = np.clip(np.rint((hu.astype(np.float64) - intercept) / slope), -32768, 32767).astype("<i2")
+    stored, slope, intercept = _stored_pixels(volume.array)
     thickness = float(slice_thickness_mm if slice_thickness_mm is not None else volume.spacing_mm[2])
-    iop = _ds_list(np.concatenate([row_dir, col_dir]))
-    pixel_spacing = [_ds(volume.spacing_mm[1]), _ds(volume.spacing_mm[0])]  # (row step, column step)
-    date, time = _now()
-
-    uids = [_uid(uid_seed, f"{series_uid}/{k}") for k in range(nk)]
+    common = {"patient": patient, "series_uid": series_uid, "series_number": series_number,
+              "series_description": series_description, "patient_position": patient_position,
+              "body_part": body_part, "kvp": kvp, "thickness": thickness, "slope": slope, "intercept": intercept}
+    uids = [_uid(uid_seed, f"{series_uid}/{k}") for k in range(stored.shape[0])]
     paths = []
-    for k in range(nk):
-        ds = _base_dataset(CT_IMAGE_STORAGE, uids[k], patient, "CT", series_uid, series_number,
-                           series_description)
-        ds.PatientPosition = patient_position
-        if body_part:
-            ds.BodyPartExamined = body_part  # NECK / CHEST: unpaired, so no (series) Laterality
-        else:
-            ds.ImageLaterality = "U"  # unpaired
-        ds.FrameOfReferenceUID = volume.frame_of_reference_uid
-        ds.PositionReferenceIndicator = ""
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.InstanceNumber = k + 1
-        ds.AcquisitionNumber = 1
-        ds.ContentDate = date
-        ds.ContentTime = time
-        ds.KVP = _ds(kvp)
-        ipp = volume.ijk_to_lps([0.0, 0.0, float(k)])
-        ds.ImagePositionPatient = _ds_list(ipp)
-        ds.ImageOrientationPatient = iop
-        ds.PixelSpacing = pixel_spacing
-        ds.SliceThickness = _ds(thickness)
-        ds.SliceLocation = _ds_list([float(np.dot(ipp, normal))])[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = nj
-        ds.Columns = ni
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = _ds(intercept)
-        ds.RescaleSlope = _ds(slope)
-        ds.RescaleType = "HU"
-        ds.WindowCenter = "40"
-        ds.WindowWidth = "400"
-        ds.PixelData = stored[k].tobytes()
+    for k in range(stored.shape[0]):
+        ds = _ct_slice(volume, k, uids[k], stored[k], common)
         name = f"{uids[k]}.dcm" if file_names == "uid" else f"CT_{k + 1:04d}.dcm"
         paths.append(_save(ds, out_dir / name))
     volume.meta["sop_instance_uids"] = list(uids)

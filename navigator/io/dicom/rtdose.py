@@ -17,8 +17,8 @@ from navigator.io.dicom._base import (RT_DOSE_STORAGE, RT_PLAN_STORAGE, PatientI
 @_prechecked
 def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientInfo | None = None,
                  plan_sop_uid: str | None = None, summation: str = "PLAN", comment: str = "",
-                 bits: int = 32, sop_instance_uid: str | None = None, series_number: int = 3,
-                 uid_seed: str | None = None) -> Path:
+                 bits: int = 32, sop_instance_uid: str | None = None, series_number: int | None = None,
+                 uid_seed: str | None = None, series_description: str = "navigator dose (TG-43)") -> Path:
     """Write a dose grid (Gy, (k, j, i), LPS geometry of ``dose``) as a multi-frame RT Dose.
 
     Pixels are unsigned ``bits`` (32 or 16) integers; DoseGridScaling is chosen so the maximum dose uses the
@@ -29,7 +29,8 @@ def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientI
     DICOM requires a ReferencedRTPlanSequence for every summation type; give ``plan_sop_uid`` (the RT Plan
     written by ``write_rtplan``). Without one a fresh UID is referenced and the DoseComment (LO, 64 chars)
     says that no RT Plan object exists for it (e.g. a dose recomputed from a seed list).
-    ``uid_seed``: derive generated UIDs from this string (reproducible output).
+    ``series_number``: default 2 above the CT's (``PatientInfo.series_number_above``); ``series_description``:
+    SeriesDescription (LO). ``uid_seed``: derive generated UIDs from this string (reproducible output).
     """
     if bits not in (16, 32):
         raise ValueError(f"bits must be 16 or 32, got {bits}")
@@ -45,6 +46,34 @@ def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientI
     dose_gy = np.asarray(dose.array, dtype=np.float64)
     if not np.all(np.isfinite(dose_gy)) or dose_gy.min() < 0:
         raise InputError("dose grid has negative, NaN or infinite values; a physical dose is finite and >= 0 Gy")
+    sop_uid = sop_instance_uid or _uid(uid_seed, "rtdose")
+    number = series_number if series_number is not None else patient.series_number_above(2)
+    ds = _base_dataset(RT_DOSE_STORAGE, sop_uid, patient, "RTDOSE", _uid(uid_seed, f"series/{number}"), number,
+                       series_description)
+    ds.OperatorsName = ""
+    ds.FrameOfReferenceUID = dose.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.InstanceNumber = 1
+    date, time = _now()
+    ds.ContentDate = date
+    ds.ContentTime = time
+    _dose_image(ds, dose, dose_gy, bits)
+    ds.DoseUnits = "GY"
+    ds.DoseType = "PHYSICAL"
+    ds.DoseSummationType = summation
+    ds.TissueHeterogeneityCorrection = "WATER"
+    if plan_sop_uid is None:
+        plan_sop_uid = _uid(uid_seed, "rtdose/plan")
+        comment = f"{comment}; no RT Plan object for this plan UID" if comment else \
+            "seed-list dose; no RT Plan object for this plan UID"
+    ds.ReferencedRTPlanSequence = Sequence([_ref(RT_PLAN_STORAGE, plan_sop_uid)])
+    if comment:
+        ds.DoseComment = comment[:64]  # LO
+    return _save(ds, path)
+
+
+def _dose_image(ds, dose: Volume, dose_gy: np.ndarray, bits: int) -> None:
+    """Image Plane, Image Pixel and Multi-frame attributes, DoseGridScaling and the pixels of ``dose_gy``."""
     row_dir, col_dir, _, step = _plane_geometry(dose)
     top = float(2 ** bits - 1)
     dmax = float(dose_gy.max())
@@ -53,17 +82,6 @@ def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientI
     while dmax / scaling > top:
         scaling = float(_ds(scaling * (1 + 1e-7)))
     stored = np.rint(dose_gy / scaling).astype("<u4" if bits == 32 else "<u2")
-
-    sop_uid = sop_instance_uid or _uid(uid_seed, "rtdose")
-    ds = _base_dataset(RT_DOSE_STORAGE, sop_uid, patient, "RTDOSE", _uid(uid_seed, f"series/{series_number}"),
-                       series_number)
-    ds.OperatorsName = ""
-    ds.FrameOfReferenceUID = dose.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
-    ds.InstanceNumber = 1
-    date, time = _now()
-    ds.ContentDate = date
-    ds.ContentTime = time
     nk, nj, ni = dose_gy.shape
     ds.ImagePositionPatient = _ds_list(dose.origin_mm)
     ds.ImageOrientationPatient = _ds_list(np.concatenate([row_dir, col_dir]))
@@ -80,20 +98,8 @@ def write_rtdose(path, dose: Volume, ct: Volume | None = None, patient: PatientI
     ds.NumberOfFrames = nk
     ds.FrameIncrementPointer = 0x3004000C  # GridFrameOffsetVector
     ds.GridFrameOffsetVector = _ds_list(np.arange(nk) * step)
-    ds.DoseUnits = "GY"
-    ds.DoseType = "PHYSICAL"
-    ds.DoseSummationType = summation
-    ds.TissueHeterogeneityCorrection = "WATER"
     ds.DoseGridScaling = _ds(scaling)
-    if plan_sop_uid is None:
-        plan_sop_uid = _uid(uid_seed, "rtdose/plan")
-        comment = f"{comment}; no RT Plan object for this plan UID" if comment else \
-            "seed-list dose; no RT Plan object for this plan UID"
-    ds.ReferencedRTPlanSequence = Sequence([_ref(RT_PLAN_STORAGE, plan_sop_uid)])
-    if comment:
-        ds.DoseComment = comment[:64]  # LO
     ds.PixelData = stored.tobytes()
-    return _save(ds, path)
 
 
 def read_rtdose(path) -> Volume:

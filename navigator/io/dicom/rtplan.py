@@ -2,8 +2,9 @@
 
 Layout we write (PS3.3 C.8.8.15 RT Brachy Application Setups; no private attributes):
 
-- one Source (I-125, half-life 59.4 d, ReferenceAirKermaRate = seed strength in U = uGy m^2 h^-1,
-  SourceModelID / SourceManufacturer / SourceDescription of the seed model);
+- one Source (I-125, half-life 59.4 d, ReferenceAirKermaRate = seed strength in U = uGy m^2 h^-1 at
+  SourceStrengthReferenceDate/Time: the seeds' calibration when it is known, else the planning date and time,
+  which the plan description then says; SourceModelID / SourceManufacturer / SourceDescription of the model);
 - one Application Setup (the guide template: TemplateNumber/Type/Name) holding
 - one FIXED Channel per seed, ChannelNumber = seed index + 1, AfterloaderChannelID = seed id (<= 16 chars),
   two control points at the seed position with cumulative time weights 0 and 1;
@@ -15,7 +16,11 @@ Layout we write (PS3.3 C.8.8.15 RT Brachy Application Setups; no private attribu
   ``entry = position - (ChannelLength - relative_position) * axis`` and ``tip = entry + length * axis``:
   the plan's needles read back exactly, from standard attributes only;
 - a needle without seeds is a channel with two control points (entry, tip) and zero time weights;
-- prescription: DoseReferenceSequence (TARGET, TargetPrescriptionDose Gy, description = target name);
+- prescription: DoseReferenceSequence (TARGET, TargetPrescriptionDose Gy, ReferencedROINumber = the CTV of the
+  structure set when there is one) and PrescriptionDescription, both naming the ROI referenced (the CTV);
+- RTPlanDescription, one fact a line: the planning CT series, the plan's target (GTV) when the prescription is
+  to its CTV, the implant date (the dose is computed with the strength decayed to it) and what the source
+  strength's reference date is;
 - ChannelTotalTime = the source's mean life (T1/2 / ln 2) in s: a permanent implant delivers its total dose
   as if at the initial rate for one mean life.
 
@@ -27,6 +32,7 @@ estimate named in ``plan.extra["import_notes"]`` (see ``_estimate_needles``).
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import re
 from pathlib import Path
@@ -58,6 +64,8 @@ TIP_MARGIN_MM = 5.0
 ENTRY_STANDOFF_MM = 10.0
 _SAME_POSITION_MM = 0.01
 _CT_SERIES_TEXT = "Planned on CT series "
+_TARGET_TEXT = "Target: "
+_IMPLANT_TEXT = "Implant date: "
 # Another planning system's SourceApplicatorID: a hole label in its own style ("C7", "Aa 3", "D-4", "E3.5" for a
 # half-hole); wider than our own ids (core.template.hole_rc), which this importer must not reject.
 _FOREIGN_HOLE_RE = re.compile(r"^[A-Za-z]{1,2}\s?-?\d{1,2}(\.5)?$")
@@ -68,18 +76,24 @@ _FOREIGN_HOLE_RE = re.compile(r"^[A-Za-z]{1,2}\s?-?\d{1,2}(\.5)?$")
 def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInfo | None = None,
                  template: dict | None = None, reference_date: str | None = None, label: str = "",
                  structure_set_sop_uid: str | None = None, target_roi_number: int | None = None,
-                 reference_time: str = "120000", sop_instance_uid: str | None = None,
-                 needle_roi_numbers: dict | None = None, series_number: int = 4,
-                 uid_seed: str | None = None) -> tuple[Path, str]:
+                 reference_time: str | None = None, sop_instance_uid: str | None = None,
+                 needle_roi_numbers: dict | None = None, series_number: int | None = None,
+                 uid_seed: str | None = None, target_roi_name: str | None = None,
+                 series_description: str = "navigator pre-plan: I-125 seeds") -> tuple[Path, str]:
     """Write ``plan`` as an RT Plan (BrachyTreatmentTechnique PERMANENT, BrachyTreatmentType LDR).
 
-    ``reference_date``/``reference_time``: when the seeds had ``plan.seed_sk_u`` (default today, 12:00).
+    Seed strength (see ``_source_strength``): ``plan.extra["source_strength"]`` (written by ``navigator plan``)
+    gives the calibration date/time and the strength then; else ``reference_date``/``reference_time`` is when the
+    seeds had ``plan.seed_sk_u``; else the strength is written as of now (the planning date and time), and the plan
+    description says that no calibration date was given.
     ``template``: ``{"number", "type", "name"}`` of the guide template (default ``plan.extra["template"]``
     or a 5 mm grid). ``structure_set_sop_uid``: the RT Structure Set the plan was made on; with it the plan's
     geometry is PATIENT (DICOM then requires the reference), without it TREATMENT_DEVICE.
-    ``target_roi_number``: the target's ROI number in that structure set (prescription to a VOLUME; else a SITE).
+    ``target_roi_number``/``target_roi_name``: the ROI of that structure set the prescription is to (a VOLUME;
+    else a SITE), e.g. the CTV; every prescription text names it (default name: ``plan.target``).
     ``needle_roi_numbers``: ``{needle_id: ROI number}`` of the needle tracks (BRACHY_CHANNEL ROIs) in that
     structure set; each channel then references its needle's ROI (else the reference is left empty).
+    ``series_number``: default 3 above the CT's (``PatientInfo.series_number_above``).
     ``uid_seed``: derive generated UIDs from this string (reproducible simulator output).
     Returns (path, SOP Instance UID) — give the UID to ``write_rtdose(plan_sop_uid=...)``.
     """
@@ -90,32 +104,99 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     if patient is None:
         patient = PatientInfo.from_volume(ct) if ct is not None else \
             PatientInfo(frame_of_reference_uid=plan.frame_of_reference_uid)
-    template = dict(template or plan.extra.get("template") or DEFAULT_TEMPLATE)
-    model = SEED_MODELS.get(plan.seed_model, {"manufacturer": "", "model_id": str(plan.seed_model)[:16],
-                                              "description": f"I-125 seed {plan.seed_model}"[:64],
-                                              "active_length_mm": 3.0})
-    date, time = _now()
-    reference_date = reference_date or date
-    if not re.fullmatch(r"\d{8}", str(reference_date)):
-        raise PlanError(f"reference_date {reference_date!r} is not YYYYMMDD; give the seed calibration date")
-    mean_life_s = I125_HALF_LIFE_D / math.log(2) * 86400.0
-
+    strength = _source_strength(plan, reference_date, reference_time)
+    roi_name = str(target_roi_name or plan.target)
+    number = series_number if series_number is not None else patient.series_number_above(3)
     sop_uid = sop_instance_uid or _uid(uid_seed, "rtplan")
-    ds = _base_dataset(RT_PLAN_STORAGE, sop_uid, patient, "RTPLAN", _uid(uid_seed, f"series/{series_number}"),
-                       series_number)
+    ds = _base_dataset(RT_PLAN_STORAGE, sop_uid, patient, "RTPLAN", _uid(uid_seed, f"series/{number}"),
+                       number, series_description)
     ds.OperatorsName = ""
     ds.FrameOfReferenceUID = plan.frame_of_reference_uid or patient.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     ds.InstanceNumber = 1
+    _general_plan(ds, plan, ct, label, structure_set_sop_uid, roi_name, strength)
+    ds.DoseReferenceSequence = Sequence([_dose_reference(plan, roi_name, target_roi_number, structure_set_sop_uid,
+                                                         uid_seed)])
+    ds.PrescriptionDescription = f"{plan.prescription_gy:g} Gy to {roi_name} (total dose of the permanent implant)"
+    ds.FractionGroupSequence = Sequence([_fraction_group()])
+    # RT Brachy Application Setups
+    ds.BrachyTreatmentTechnique = "PERMANENT"
+    ds.BrachyTreatmentType = "LDR"
+    machine = Dataset()
+    machine.TreatmentMachineName = "seed applicator"
+    machine.Manufacturer = ""
+    ds.TreatmentMachineSequence = Sequence([machine])
+    ds.SourceSequence = Sequence([_source_item(plan.seed_model, strength)])
+    template = dict(template or plan.extra.get("template") or DEFAULT_TEMPLATE)
+    ds.ApplicationSetupSequence = Sequence([_application_setup(plan, template, structure_set_sop_uid,
+                                                               needle_roi_numbers)])
+    ds.ApprovalStatus = "UNAPPROVED"  # a physicist approves the plan in the planning system of record
+    return _save(ds, path), sop_uid
 
-    # RT General Plan
+
+def decayed_strength(sk_u_at_reference: float, reference_date: str, implant_date: str) -> tuple[float, float]:
+    """(strength at the implant, decay factor) of I-125 seeds that had ``sk_u_at_reference`` U on
+    ``reference_date`` (YYYYMMDD): decayed over the whole days to ``implant_date`` (the implant taken at the
+    reference's time of day), exp(-ln 2 * days / 59.4 d). PlanError for a date that is not YYYYMMDD or an implant
+    more than a year from the reference."""
+    days = (_date(implant_date, "implant date") - _date(reference_date, "calibration date")).days
+    if abs(days) > 366:
+        raise PlanError(f"the implant date {implant_date} is {days} days from the seed calibration date "
+                        f"{reference_date}; I-125 seeds are implanted within weeks of calibration; check the dates")
+    factor = math.exp(-math.log(2.0) * days / I125_HALF_LIFE_D)
+    return float(sk_u_at_reference) * factor, factor
+
+
+def _date(value: str, what: str) -> _dt.date:
+    try:
+        return _dt.datetime.strptime(str(value), "%Y%m%d").date()
+    except ValueError:
+        raise PlanError(f"{what} {value!r} is not a date YYYYMMDD (e.g. 20261201); give it as 8 digits") from None
+
+
+def _source_strength(plan: Plan, reference_date: str | None, reference_time: str | None) -> dict:
+    """{"sk_u", "date", "time", "text"}: the strength written as ReferenceAirKermaRate, the SourceStrengthReference
+    Date/Time it holds at, and a sentence for the plan description saying what that date is."""
+    info = dict(plan.extra.get("source_strength") or {})
+    if info.get("calibration_date"):
+        date, time = str(info["calibration_date"]), str(info.get("calibration_time") or "120000")
+        sk = float(info.get("sk_u_at_calibration") or plan.seed_sk_u)
+        text = (f"Source strength {sk:.4f} U at the seed calibration {date} {time}; implanted on "
+                f"{info.get('implant_date') or date}: dose computed with {plan.seed_sk_u:.4f} U")
+    elif reference_date:
+        date, time, sk = str(reference_date), str(reference_time or "120000"), float(plan.seed_sk_u)
+        text = f"Source strength {sk:.4f} U at {date} {time}"
+    else:
+        date, time = _now()
+        sk = float(plan.seed_sk_u)
+        text = (f"Source strength {sk:.4f} U as given at planning; no seed calibration date was given, so the "
+                f"reference date/time {date} {time} is the planning date and time, not a calibration")
+    if not re.fullmatch(r"\d{8}", date):
+        raise PlanError(f"reference_date {date!r} is not YYYYMMDD; give the seed calibration date")
+    if not re.fullmatch(r"\d{6}(\.\d{1,6})?", time):
+        raise PlanError(f"reference_time {time!r} is not HHMMSS; give the seed calibration time")
+    return {"sk_u": sk, "date": date, "time": time, "text": text,
+            "implant_date": str(info.get("implant_date") or "") if info.get("calibration_date") else ""}
+
+
+def _general_plan(ds: Dataset, plan: Plan, ct: Volume | None, label: str, structure_set_sop_uid: str | None,
+                  roi_name: str, strength: dict) -> None:
+    """RT General Plan. No attribute of the RT Plan IOD names the planning CT series without listing its
+    instances, the plan's target (the GTV, when the prescription is to its CTV) or the implant date: fixed
+    sentences, one a line, keep them readable for people and for ``read_rtplan``."""
+    date, time = _now()
     ds.RTPlanLabel = (label or "I125 LDR")[:16]
-    ds.RTPlanName = f"I-125 seeds {plan.target}"[:64]
+    ds.RTPlanName = f"I-125 seeds to {roi_name}"[:64]
+    lines = []
     ct_series = plan.ct_series_uid or (ct.series_uid if ct is not None else "")
     if ct_series:
-        # No attribute of the RT Plan IOD names the planning CT series without listing its instances;
-        # a fixed sentence keeps it readable for people and for read_rtplan.
-        ds.RTPlanDescription = f"{_CT_SERIES_TEXT}{ct_series}"
+        lines.append(f"{_CT_SERIES_TEXT}{ct_series}")
+    if plan.target and plan.target != roi_name:
+        lines.append(f"{_TARGET_TEXT}{plan.target}; the prescription is to {roi_name}")
+    if strength["implant_date"]:
+        lines.append(f"{_IMPLANT_TEXT}{strength['implant_date']}")
+    lines.append(strength["text"])
+    ds.RTPlanDescription = "\n".join(lines)
     ds.RTPlanDate = date
     ds.RTPlanTime = time
     if structure_set_sop_uid:
@@ -124,7 +205,10 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     else:
         ds.RTPlanGeometry = "TREATMENT_DEVICE"
 
-    # RT Prescription
+
+def _dose_reference(plan: Plan, roi_name: str, target_roi_number: int | None, structure_set_sop_uid: str | None,
+                    uid_seed: str | None) -> Dataset:
+    """RT Prescription: one TARGET dose reference, described by the name of the ROI it references."""
     dref = Dataset()
     dref.DoseReferenceNumber = 1
     dref.DoseReferenceUID = _uid(uid_seed, "rtplan/doseref")
@@ -133,12 +217,14 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
         dref.ReferencedROINumber = int(target_roi_number)
     else:
         dref.DoseReferenceStructureType = "SITE"
-    dref.DoseReferenceDescription = str(plan.target)[:64]
+    dref.DoseReferenceDescription = roi_name[:64]
     dref.DoseReferenceType = "TARGET"
     dref.TargetPrescriptionDose = _ds(plan.prescription_gy)
-    ds.DoseReferenceSequence = Sequence([dref])
+    return dref
 
-    # RT Fraction Scheme: one "fraction", the permanent implant.
+
+def _fraction_group() -> Dataset:
+    """RT Fraction Scheme: one "fraction", the permanent implant."""
     fg = Dataset()
     fg.FractionGroupNumber = 1
     fg.NumberOfFractionsPlanned = 1
@@ -147,16 +233,12 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     rba = Dataset()
     rba.ReferencedBrachyApplicationSetupNumber = 1
     fg.ReferencedBrachyApplicationSetupSequence = Sequence([rba])
-    ds.FractionGroupSequence = Sequence([fg])
+    return fg
 
-    # RT Brachy Application Setups
-    ds.BrachyTreatmentTechnique = "PERMANENT"
-    ds.BrachyTreatmentType = "LDR"
-    machine = Dataset()
-    machine.TreatmentMachineName = "seed applicator"
-    machine.Manufacturer = ""
-    ds.TreatmentMachineSequence = Sequence([machine])
 
+def _source_item(seed_model: str, strength: dict) -> Dataset:
+    model = SEED_MODELS.get(seed_model, {"manufacturer": "", "model_id": str(seed_model)[:16],
+                                         "description": f"I-125 seed {seed_model}"[:64], "active_length_mm": 3.0})
     src = Dataset()
     src.SourceNumber = 1
     src.SourceModelID = str(model["model_id"])[:16]
@@ -168,12 +250,17 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     src.SourceIsotopeName = "I-125"
     src.SourceIsotopeHalfLife = _ds(I125_HALF_LIFE_D)
     src.SourceStrengthUnits = "AIR_KERMA_RATE"
-    src.ReferenceAirKermaRate = _ds(plan.seed_sk_u)  # uGy h^-1 at 1 m == uGy m^2 h^-1 == U
-    src.SourceStrength = _ds(plan.seed_sk_u)
-    src.SourceStrengthReferenceDate = str(reference_date)
-    src.SourceStrengthReferenceTime = str(reference_time)
-    ds.SourceSequence = Sequence([src])
+    src.ReferenceAirKermaRate = _ds(strength["sk_u"])  # uGy h^-1 at 1 m == uGy m^2 h^-1 == U
+    src.SourceStrength = _ds(strength["sk_u"])
+    src.SourceStrengthReferenceDate = strength["date"]
+    src.SourceStrengthReferenceTime = strength["time"]
+    return src
 
+
+def _application_setup(plan: Plan, template: dict, structure_set_sop_uid: str | None,
+                       needle_roi_numbers: dict | None) -> Dataset:
+    """The guide template's setup: a channel per seed, then one per needle without seeds."""
+    mean_life_s = I125_HALF_LIFE_D / math.log(2) * 86400.0
     setup = Dataset()
     setup.ApplicationSetupType = "INTERSTITIAL"  # see the report: no defined term fits a template implant
     setup.ApplicationSetupNumber = 1
@@ -181,8 +268,8 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     setup.TemplateNumber = int(template.get("number", 1))
     setup.TemplateType = str(template.get("type", ""))[:16]
     setup.TemplateName = str(template.get("name", ""))[:64]
+    # the total reference air kerma the implanted seeds deliver: their strength at the implant over a mean life
     setup.TotalReferenceAirKerma = _ds(len(plan.seeds) * plan.seed_sk_u * mean_life_s / 3600.0)
-
     needle_number = {n.id: i + 1 for i, n in enumerate(plan.needles)}
     roi_numbers = dict(needle_roi_numbers or {}) if structure_set_sop_uid else {}
     by_id = {n.id: n for n in plan.needles}
@@ -204,11 +291,7 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
                                      [(needle.entry_mm, needle.length_mm, 0.0), (needle.tip_mm, 0.0, 0.0)],
                                      roi_numbers.get(needle.id)))
     setup.ChannelSequence = Sequence(channels)
-
-    ds.ApplicationSetupSequence = Sequence([setup])
-
-    ds.ApprovalStatus = "UNAPPROVED"  # a physicist approves the plan in the planning system of record
-    return _save(ds, path), sop_uid
+    return setup
 
 
 def _channel(number: int, needle: Needle, needle_number: int, total_time_s: float, points,
@@ -303,9 +386,44 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
 
     Raises PlanError for anything that is not a permanent/LDR brachytherapy plan with sources and channels.
     ``frame_of_reference_uid``: the frame the caller expects; a plan in another frame is refused, and a plan
-    without one is taken to be in it.
+    without one is taken to be in it. ``seed_sk_u`` is the strength the dose is computed with: the Reference Air
+    Kerma Rate, decayed to the implant date where our plan description names one (``Implant date: YYYYMMDD``).
     """
     path = Path(path)
+    ds, sources, notes = _open_rtplan(path)
+    channels = [ch for setup in ds.ApplicationSetupSequence for ch in setup.get("ChannelSequence", [])]
+    if not channels:
+        raise PlanError(f"{path}: RT Plan has no channels (no seed positions); re-export it with its seeds")
+    src, sk_u = _main_source(path, channels, sources, notes)
+    needles_info = _needles_info(_group_channels(channels))
+    if not any(n["seeds"] for n in needles_info):
+        raise PlanError(f"{path}: RT Plan channels hold no seed positions (no time weight anywhere); "
+                        "re-export the plan with its seeds")
+    dropped = [n["id"] for n in needles_info if n["exact"] is None and not n["seeds"]]
+    if dropped:
+        notes.append(f"needle(s) {dropped} have no seeds and no geometry in the file; left out")
+        needles_info = [n for n in needles_info if n["id"] not in dropped]
+    _estimate_needles(needles_info, notes)
+    needles, seeds = _needles_and_seeds(needles_info)
+    target, rx = _prescription(ds, notes)
+
+    file_for = str(ds.get("FrameOfReferenceUID", "") or "")
+    if frame_of_reference_uid and file_for and file_for != frame_of_reference_uid:
+        raise PlanError(f"{path}: RT Plan is in frame of reference {file_for}, not the expected "
+                        f"{frame_of_reference_uid}; register the plan's CT to this CT first")
+    described = _described(ds)
+    extra = _read_extra(ds, src, notes)
+    if described.get("implant_date") and extra["source"]["reference_date"]:
+        sk_u, factor = decayed_strength(sk_u, extra["source"]["reference_date"], described["implant_date"])
+        extra["source"].update({"implant_date": described["implant_date"], "decay_factor": factor})
+    return Plan(frame_of_reference_uid=file_for or (frame_of_reference_uid or ""),
+                ct_series_uid=described.get("ct_series", ""), target=described.get("target") or target,
+                prescription_gy=float(rx), seed_model=_seed_model_of(src), seed_sk_u=float(sk_u),
+                needles=needles, seeds=seeds, extra=extra)
+
+
+def _open_rtplan(path: Path):
+    """(dataset, {source number: source item}, notes) of a permanent I-125 seed plan; PlanError otherwise."""
     try:
         ds = pydicom.dcmread(path)
     except (pydicom.errors.InvalidDicomError, OSError) as exc:
@@ -333,12 +451,11 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
                             "seed dose only — give an I-125 plan")
     if technique and technique not in ("PERMANENT", "INTERSTITIAL"):
         notes.append(f"BrachyTreatmentTechnique {technique} read as a permanent interstitial implant")
+    return ds, sources, notes
 
-    channels = [ch for setup in ds.ApplicationSetupSequence for ch in setup.get("ChannelSequence", [])]
-    if not channels:
-        raise PlanError(f"{path}: RT Plan has no channels (no seed positions); re-export it with its seeds")
 
-    # Source strength: the source most channels use.
+def _main_source(path: Path, channels, sources: dict, notes: list):
+    """(source item, its strength in U): the source most channels use."""
     used = [int(ch.get("ReferencedSourceNumber", 0) or 0) for ch in channels]
     main = max(set(used), key=used.count) if any(u in sources for u in used) else min(sources)
     src = sources.get(main, sources[min(sources)])
@@ -351,8 +468,11 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
     strengths = {n: _f(s, "ReferenceAirKermaRate") for n, s in sources.items()}
     if len({round(v or 0, 4) for v in strengths.values()}) > 1:
         notes.append(f"sources have different strengths {strengths} U; seed_sk_u is source {main}'s")
+    return src, sk_u
 
-    # Group channels into needles.
+
+def _group_channels(channels) -> dict:
+    """Channels grouped into needles: by applicator number, else applicator id, else one needle per channel."""
     groups: dict = {}
     for ch in channels:
         if ch.get("SourceApplicatorNumber") not in (None, ""):
@@ -362,8 +482,13 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
         else:
             key = ("channel", int(ch.ChannelNumber))
         groups.setdefault(key, []).append(ch)
+    return groups
 
-    needles_info = []  # (needle_id, hole, channels, seeds [(id or None, pos)], exact (entry, tip) or None)
+
+def _needles_info(groups: dict) -> list[dict]:
+    """Per needle: {"id", "hole", "channels", "seeds" [(id or None, pos, channel, control point)], "exact"
+    (entry, tip) or None}."""
+    needles_info = []
     used_ids: set = set()
     for g_index, (key, chs) in enumerate(groups.items(), start=1):
         first = chs[0]
@@ -388,15 +513,11 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
                 seeds.append((sid or None, np.array([float(v) for v in cps[i].ControlPoint3DPosition]), ch, i))
         needles_info.append({"id": nid, "hole": hole, "channels": chs, "seeds": seeds,
                              "exact": _exact_geometry(chs)})
-    if not any(n["seeds"] for n in needles_info):
-        raise PlanError(f"{path}: RT Plan channels hold no seed positions (no time weight anywhere); "
-                        "re-export the plan with its seeds")
+    return needles_info
 
-    dropped = [n["id"] for n in needles_info if n["exact"] is None and not n["seeds"]]
-    if dropped:
-        notes.append(f"needle(s) {dropped} have no seeds and no geometry in the file; left out")
-        needles_info = [n for n in needles_info if n["id"] not in dropped]
-    _estimate_needles(needles_info, notes)
+
+def _needles_and_seeds(needles_info: list[dict]) -> tuple[list[Needle], list[PlannedSeed]]:
+    """The plan's needles (exact or estimated geometry) and seeds (file ids where unique, else S<n>)."""
     needles, seeds = [], []
     seed_ids: set = set()
     counter = 0
@@ -411,7 +532,11 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
                     sid = f"{sid}'"
             seed_ids.add(sid)
             seeds.append(PlannedSeed(id=sid, needle_id=n["id"], position_mm=pos))
+    return needles, seeds
 
+
+def _prescription(ds, notes: list) -> tuple[str, float]:
+    """(the TARGET dose reference's description, prescription Gy); 0 Gy with a note where there is none."""
     target, rx = "", None
     for d in ds.get("DoseReferenceSequence", []):
         if str(d.get("DoseReferenceType", "")) == "TARGET":
@@ -425,19 +550,34 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
     if rx is None:
         rx = 0.0
         notes.append("no prescription dose in the plan; prescription_gy set to 0")
+    return target, rx
 
-    file_for = str(ds.get("FrameOfReferenceUID", "") or "")
-    if frame_of_reference_uid and file_for and file_for != frame_of_reference_uid:
-        raise PlanError(f"{path}: RT Plan is in frame of reference {file_for}, not the expected "
-                        f"{frame_of_reference_uid}; register the plan's CT to this CT first")
-    m = re.search(re.escape(_CT_SERIES_TEXT) + r"([0-9.]+)", str(ds.get("RTPlanDescription", "") or ""))
-    ct_series = m.group(1) if m else ""
+
+def _described(ds) -> dict:
+    """What our RTPlanDescription sentences say: ``ct_series``, ``target`` (the plan's target when the
+    prescription is to its CTV), ``implant_date``; absent keys where a line is missing (other systems' plans)."""
+    out = {}
+    for line in str(ds.get("RTPlanDescription", "") or "").splitlines():
+        m = re.match(re.escape(_CT_SERIES_TEXT) + r"([0-9.]+)", line)
+        if m:
+            out["ct_series"] = m.group(1)
+        if line.startswith(_TARGET_TEXT) and "; the prescription is to " in line:
+            out["target"] = line[len(_TARGET_TEXT):].rsplit("; the prescription is to ", 1)[0]
+        m = re.fullmatch(re.escape(_IMPLANT_TEXT) + r"(\d{8})", line.strip())
+        if m:
+            out["implant_date"] = m.group(1)
+    return out
+
+
+def _read_extra(ds, src, notes: list) -> dict:
+    """``plan.extra`` of an imported plan: its SOP Instance UID, the source, the template, import notes."""
     setup = ds.ApplicationSetupSequence[0]
     extra = {"rtplan_sop_uid": str(ds.SOPInstanceUID),
              "source": {"model_id": str(src.get("SourceModelID", "") or ""),
                         "manufacturer": str(src.get("SourceManufacturer", "") or ""),
                         "isotope": str(src.get("SourceIsotopeName", "") or ""),
                         "half_life_d": _f(src, "SourceIsotopeHalfLife"),
+                        "reference_air_kerma_rate_u": _f(src, "ReferenceAirKermaRate"),
                         "reference_date": str(src.get("SourceStrengthReferenceDate", "") or ""),
                         "reference_time": str(src.get("SourceStrengthReferenceTime", "") or "")}}
     if "TemplateNumber" in setup or "TemplateName" in setup:
@@ -446,9 +586,7 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
                              "name": str(setup.get("TemplateName", "") or "")}
     if notes:
         extra["import_notes"] = notes
-    return Plan(frame_of_reference_uid=file_for or (frame_of_reference_uid or ""), ct_series_uid=ct_series,
-                target=target, prescription_gy=float(rx), seed_model=_seed_model_of(src), seed_sk_u=float(sk_u),
-                needles=needles, seeds=seeds, extra=extra)
+    return extra
 
 
 def _exact_geometry(channels):
