@@ -61,7 +61,7 @@ def _expected(args, plan) -> int | None:
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             raise InputError(f"--delivery {p}: no integer 'released' count ({exc}); give the delivery.json "
                              "written by `navigator deliver` or --expected-seeds N") from None
-    return len(plan.seeds) or None
+    return None    # no ledger count: the pipeline expects the plan's count and reports no ledger shortfall
 
 
 def run(args) -> int:
@@ -98,7 +98,8 @@ def run(args) -> int:
              f"cold spots: {len(r['cold_spots'])} (>= {r['cold_spot_threshold_cc']} cc)"
              + (f", largest {r['cold_spots'][0]['volume_cc']:.2f} cc" if r["cold_spots"] else ""),
              f"supplementary: {len(r['supplementary']['seeds'])} seed(s) -> D90 {pm['D90_gy']:.1f} Gy, "
-             f"V100 {pm['V100_pct']:.1f} % ({r['supplementary']['stop_reason']})"]
+             f"V100 {pm['V100_pct']:.1f} %, V150 {pm['V150_pct']:.1f} % ({r['supplementary']['stop_reason']})",
+             f"  why: {r['supplementary']['why']}"]
     lines += [f"warning: {w}" for w in r["warnings"]]
     lines.append(f"written: {out / 'postimplant.json'}, {out / 'RTDOSE.dcm'}, {out / 'postimplant.html'}")
     emit(args, r, "\n".join(lines))

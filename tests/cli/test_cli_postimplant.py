@@ -170,3 +170,33 @@ def test_scan_without_seeds_is_refused(world, tmp_path, capsys):
     code = main(_args(world, tmp_path / "out", ct_dir=world["root"] / "case" / "preplan" / "ct"))
     err = capsys.readouterr().err
     assert code == 2 and "seed" in err and "Traceback" not in err
+
+
+def test_supplementary_count_against_the_ledger(world, tmp_path, capsys):
+    """The ledger (delivery.json's released count) says how many seeds are missing; the proposal reports its
+    count against it and why. Here the left-out seeds sit at the CTV's edge of a plan that just meets D90 = Rx,
+    so their places alone may not be enough: never more than missing + 2, and the reason must say so."""
+    (tmp_path / "delivery.json").write_text(json.dumps({"released": world["n_true"], "seeds": [], "reconciled": True}))
+    code = main(_args(world, tmp_path / "out", extra=["--delivery", str(tmp_path / "delivery.json"), "--json"]))
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((tmp_path / "out" / "postimplant.json").read_text())
+    sup, missing = r["supplementary"], len(world["dropped_pre"])
+    assert r["expected_seeds"] == world["n_true"]
+    assert sup["missing_from_ledger"] == missing
+    assert sup["count"] == len(sup["seeds"]) and 1 <= sup["count"] <= missing + 2
+    assert f"{missing} seed(s) missing from the ledger" in sup["why"]
+    if sup["count"] > missing:
+        assert "more are needed than are missing" in sup["why"]
+    t = sup["targets"]
+    assert sup["points_after"]["D90_gy"] >= t["D90_gy"] - 1e-3 and sup["points_after"]["V100_pct"] >= t["V100_pct"] - 1e-3
+    assert sup["points_after"]["V150_pct"] <= t["V150_max_pct"] + 1e-3
+    assert sup["points_after"]["V200_pct"] <= t["V200_max_pct"] + 1e-3
+
+
+def test_no_ledger_no_shortfall_claimed(world, tmp_path, capsys):
+    code = main(_args(world, tmp_path / "out"))
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((tmp_path / "out" / "postimplant.json").read_text())
+    assert r["expected_seeds"] == len(world["plan"].seeds)      # the plan's count, as before
+    assert r["supplementary"]["missing_from_ledger"] is None
+    assert "no ledger count given" in r["supplementary"]["why"]

@@ -71,3 +71,29 @@ def test_no_cold_spot_when_covered():
     g = _grid()
     res = find_cold_spots(np.full(g.array.shape, 2 * RX, np.float32), np.ones(g.array.shape, bool), g, RX)
     assert res.spots == [] and res.cold_cc == 0.0
+
+
+def test_gap_joined_to_the_cold_rim_is_located_at_the_gap():
+    """A cold rim all round the CTV (the outer 3 mm at 0.9 Rx, as in any implant) joined to a deep gap where
+    seeds are missing: one 26-connected region whose geometric centroid sits near the CTV's centre. The
+    reported centroid must sit at the gap, with the plan's dose as reference (missing-dose weighting) and
+    without it (the deficit core)."""
+    g = _grid()
+    p = g.voxel_centers_lps().reshape(g.array.shape + (3,))
+    centre, gap_c = np.array([-5.0, 32.0, -55.0]), np.array([3.0, 32.0, -55.0])
+    r = np.linalg.norm(p - centre, axis=-1)
+    ctv = r <= 15.0
+    planned = np.where(r <= 12.0, 1.5 * RX, 0.9 * RX).astype(np.float32)
+    gap = np.linalg.norm(p - gap_c, axis=-1) <= 6.0
+    dose = planned.copy()
+    dose[gap] = 0.5 * RX
+    with_ref = find_cold_spots(dose, ctv, g, RX, reference_gy=planned)
+    without = find_cold_spots(dose, ctv, g, RX)
+    for res in (with_ref, without):
+        assert len(res.spots) == 1
+        s = res.spots[0]
+        assert np.linalg.norm(s.region_centroid_mm - centre) < np.linalg.norm(s.region_centroid_mm - gap_c)
+        assert np.linalg.norm(s.centroid_mm - gap_c) < 3.0, s.centroid_mm
+    assert with_ref.spots[0].weighting == "missing dose" and without.spots[0].weighting == "deficit core"
+    assert np.linalg.norm(with_ref.spots[0].missing_peak_mm - gap_c) <= 6.5
+    assert with_ref.spots[0].to_dict()["centroid_weighting"] == "missing dose"

@@ -8,8 +8,9 @@ import pytest
 from navigator.physics import tg43
 from navigator.physics.dose import dose_at_points
 from navigator.core.volume import Volume
-from navigator.postimplant.supplement import (NeedleField, SupplementSettings, ctv_lattice, freehand_candidates,
-                                  propose_supplementary, template_candidates, tilted_directions)
+from navigator.postimplant.supplement import (NeedleField, SupplementSettings, coverage_targets, ctv_lattice,
+                                              freehand_candidates, planned_candidates, propose_supplementary,
+                                              template_candidates, tilted_directions)
 from navigator.core.template import GuideTemplate
 
 MODEL = tg43.load_seed_model("6711")
@@ -107,3 +108,33 @@ def test_nothing_to_do_when_covered(world):
     pts = p[ctv]
     prop = propose_supplementary(pts, np.full(len(pts), 2 * rx), [], implanted, SK, MODEL, rx)
     assert prop.seeds == [] and prop.stop_reason == "goals already met"
+
+
+def test_count_never_more_than_the_missing_seeds(world):
+    """The lattice's left part is missing (5 seeds). With the plan's own places among the candidates and the
+    targets of ``coverage_targets`` (D90 >= Rx, V100 >= the plan's own less 1 point, hot spots held), the
+    fewest seeds that restore coverage are at most the 5 missing; checked by direct TG-43."""
+    grid, ctv, fld, _, implanted, _, p = world
+    s = SupplementSettings()
+    pts = p[ctv]
+    g = np.arange(-8.0, 8.1, 8.0)
+    lattice = np.array([[x, y, z] for x in g for y in g for z in g if np.linalg.norm([x, y, z]) <= 12.5])
+    missing = lattice[lattice[:, 0] <= -3.0]
+    assert len(missing) == 5
+    y_axis = np.array([0, 1.0, 0])           # every seed along its needle (+y): the 2D formalism throughout
+    d0 = dose_at_points(pts, implanted, np.tile(y_axis, (len(implanted), 1)), SK, MODEL)
+    plan_d = dose_at_points(pts, lattice, np.tile(y_axis, (len(lattice), 1)), SK, MODEL)
+    rx_met = 0.98 * float(np.percentile(plan_d, 10))   # the full lattice meets it, 2 % to spare (kernel < 1 %)
+    cands = freehand_candidates(ctv_lattice(grid, ctv, 5.0), tilted_directions([0, 1, 0], s.tilts_deg), fld, s)
+    cands += planned_candidates(missing, np.tile([0, 1.0, 0], (len(missing), 1)), fld, s)
+    t = coverage_targets(rx_met, s, plan_d, d0)
+    prop = propose_supplementary(pts, d0, cands, implanted, SK, MODEL, rx_met, None, s, targets=t)
+    print(f"proposed {prop.count} for {len(missing)} missing: {prop.selection}, after {prop.predicted_points}")
+    assert 1 <= prop.count <= len(missing), (prop.stop_reason, prop.selection)
+    assert prop.to_dict()["count"] == prop.count
+    added = np.array([c.position_mm for c in prop.seeds])
+    d1 = d0 + dose_at_points(pts, added, np.array([c.direction for c in prop.seeds]), SK, MODEL)
+    assert np.percentile(d1, 10) >= rx_met * 0.99                    # kernel table vs direct TG-43: < 1 %
+    assert (d1 >= rx_met).mean() * 100 >= t["V100_pct"] - 1.0
+    assert (d1 >= 1.5 * rx_met).mean() * 100 <= t["V150_max_pct"] + 1.0
+    assert (d1 >= 2.0 * rx_met).mean() * 100 <= t["V200_max_pct"] + 1.0
