@@ -69,9 +69,10 @@ def run(args) -> int:
         raise
     data = result.to_json()
     write_json(out / "registration.json", data)
-    t = result.fixed_to_moving.translation_mm
+    t = result.translation_at_centre_mm  # the patient's shift at the target (not at the DICOM origin)
     emit(args, data,
-         f"registration: rotation {result.rotation_deg:.2f} deg, translation [{t[0]:.2f}, {t[1]:.2f}, {t[2]:.2f}] mm, "
+         f"registration: rotation {result.rotation_deg:.2f} deg, shift at the target [{t[0]:.2f}, {t[1]:.2f}, "
+         f"{t[2]:.2f}] mm, "
          f"estimated error {result.estimated_error_mm:.2f} mm, {result.seconds:.1f} s\n"
          f"wrote {out / 'registration.json'}")
     return 0

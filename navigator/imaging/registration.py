@@ -18,15 +18,22 @@ How it is done (every knob lives in :class:`RegistrationSettings`):
 4. ``sitk.ImageRegistrationMethod`` with an ``Euler3DTransform`` centred on the target, multi-resolution
    (``shrink_factors``, ``smoothing_sigmas_mm``), random metric sampling, regular-step gradient descent
    with physical-shift scales. An observer records the metric at every iteration; the stop condition is kept.
-5. Error estimate: the registration is run backward (intraop -> pre-plan), started from the forward answer
-   perturbed by ``consistency_perturbation_mm`` / ``_deg``; the composition backward(forward(p)) should be
-   the identity. Its largest residual at the check points (target centre, plan tips, box points) is the
-   ``estimated_error_mm``. A small forward-backward residual says the optimum is stable, not that it is
-   right (cf. FLE vs TRE): it cannot see a consistent wrong match, only a shaky one.
-6. The result is whichever of forward, inverted backward and their midpoint has the best metric evaluated
-   on every voxel (no sampling noise): along the neck's axis the optimum is shallow and a sampled gradient
-   descent may stop a few tenths of a millimetre short; the full metric tells the better one apart.
-   ``estimated_error_mm`` stays the forward/backward disagreement, an upper bound in practice.
+5. Error estimate (``_error_budget``, parts in ``error_budget_mm``): the registration is also run backward
+   (intraop -> pre-plan) from the forward answer perturbed by ``consistency_perturbation_mm`` / ``_deg``, and
+   forward again from ``restarts`` other perturbed starts with their own metric samples. At the check points
+   (target centre, box points, plan tips) the estimate adds in quadrature the larger of the forward/backward
+   residual and the spread about the one kept of the candidates the full metric cannot tell apart (a run
+   stuck in a clearly worse optimum is discarded when two others agree), and a resolution floor
+   (``resolution_floor_fraction`` of the coarsest sampling: slice thickness or resampling step), because a
+   small forward/backward residual says the
+   optimum is stable, not that it is right (cf. FLE vs TRE): a consistent match biased by partial volume is
+   invisible to both. Tests check it against truth: identity (real CTs against themselves), known motions of a
+   real CT, and phantom scans from every scanner preset.
+6. The result is whichever candidate (forward, inverted backward, their midpoint, restarts) has the best
+   metric evaluated on every voxel (no sampling noise): along the neck's axis the optimum is shallow and a
+   sampled gradient descent may stop a few tenths of a millimetre short; the full metric tells the better one
+   apart. ``translation_at_centre_mm`` is the patient's shift at the target; ``translation_mm`` that of the
+   LPS origin (which a tiny rotation moves by a millimetre when the origin is far from the target).
 
 Refusals raise :class:`navigator.errors.RegistrationError` carrying the result (``exc.result``) so callers
 can still write what was found: no overlap, no convergence, weak similarity, estimated error too large.
@@ -90,6 +97,10 @@ class RegistrationSettings:
     consistency_perturbation_deg: float = 1.5
     consistency_shrink_factors: tuple[int, ...] = (2, 1)  # the backward run starts near the answer
     consistency_smoothing_sigmas_mm: tuple[float, ...] = (1.0, 0.0)
+    restarts: int = 1  # forward runs from perturbed starts, each with its own metric samples (error estimate)
+    agreeing_metric_tolerance: float = 0.005  # correlation: candidates within this of the best count as
+    #                                          alternatives (a flat optimum); worse ones as failed runs
+    resolution_floor_fraction: float = 0.1  # error floor: this fraction of the coarsest sampling (slice, step)
     max_estimated_error_mm: float = 1.5  # refuse above this: with the 2 mm needle tolerance a larger error
     #                                      would make the check meaningless (the estimate is conservative)
     max_metric: float = -0.5  # correlation: -1 is perfect; refuse a final metric worse than this
@@ -132,7 +143,8 @@ class RegistrationResult:
     consistency_residuals_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))
     initial_translation_mm: np.ndarray = field(default_factory=lambda: np.zeros(3))
     overlap_fraction: float = 1.0
-    chosen: str = "forward"  # which estimate was kept: forward, backward (inverted) or their midpoint
+    chosen: str = "forward"  # which estimate was kept: forward, backward (inverted), midpoint, restartN
+    error_budget_mm: dict = field(default_factory=dict)  # parts of estimated_error_mm (see _error_budget)
     refusal: str = ""  # why it was refused, empty when accepted
     fixed_frame_of_reference_uid: str = ""
     moving_frame_of_reference_uid: str = ""
@@ -149,6 +161,14 @@ class RegistrationResult:
     def rotation_deg(self) -> float:
         """Rotation angle of the transform (degrees)."""
         return self.fixed_to_moving.rotation_deg
+
+    @property
+    def translation_at_centre_mm(self) -> np.ndarray:
+        """How far the region centre moves (mm, moving LPS - fixed LPS): the patient's shift at the target.
+
+        ``fixed_to_moving.translation_mm`` is the shift of the LPS origin, often a metre away from the target:
+        there a rotation of 0.08 degrees alone moves it by 1.1 mm (a CT registered with itself, STS_001)."""
+        return self.fixed_to_moving.apply(self.region_centre_mm) - self.region_centre_mm
 
     def map_fixed_to_moving(self, points_mm) -> np.ndarray:
         """Fixed (pre-plan) LPS mm (..., 3) -> moving (intraop) LPS mm."""
@@ -172,6 +192,7 @@ class RegistrationResult:
             "iterations": int(self.iterations),
             "rotation_deg": round(self.rotation_deg, 4),
             "translation_mm": [round(float(v), 4) for v in self.fixed_to_moving.translation_mm],
+            "translation_at_centre_mm": [round(float(v), 4) for v in self.translation_at_centre_mm],
             "region_centre_mm": [round(float(v), 3) for v in self.region_centre_mm],
             "region_half_mm": float(self.region_half_mm),
             "check_points_mm": np.round(self.check_points_mm, 3).tolist(),
@@ -179,6 +200,7 @@ class RegistrationResult:
             "initial_translation_mm": [round(float(v), 3) for v in self.initial_translation_mm],
             "overlap_fraction": round(float(self.overlap_fraction), 4),
             "chosen": self.chosen,
+            "error_budget_mm": {k: round(float(v), 4) for k, v in self.error_budget_mm.items()},
             "refusal": self.refusal,
             "fixed_frame_of_reference_uid": self.fixed_frame_of_reference_uid,
             "moving_frame_of_reference_uid": self.moving_frame_of_reference_uid,
@@ -199,6 +221,7 @@ class RegistrationResult:
                 stop_condition=str(d.get("stop_condition", "")),
                 region_centre_mm=np.array(d.get("region_centre_mm", [0, 0, 0]), dtype=float),
                 region_half_mm=float(d.get("region_half_mm", 0.0)),
+                error_budget_mm={k: float(v) for k, v in (d.get("error_budget_mm") or {}).items()},
                 fixed_frame_of_reference_uid=str(d.get("fixed_frame_of_reference_uid", "")),
                 moving_frame_of_reference_uid=str(d.get("moving_frame_of_reference_uid", "")),
             )
@@ -454,15 +477,16 @@ def _box_check_points(centre_mm: np.ndarray, half_mm: float) -> np.ndarray:
     return centre_mm + offs
 
 
-def _perturbation(deg: float, mm: float) -> np.ndarray:
-    """A fixed, deterministic small rigid motion (about an oblique axis) used to restart the backward run."""
-    axis = np.array([1.0, -1.0, 1.0]) / np.sqrt(3.0)
+def _perturbation(deg: float, mm: float, axis_sign=(1.0, -1.0, 1.0), shift_sign=(1.0, 1.0, -1.0)) -> np.ndarray:
+    """A fixed, deterministic small rigid motion (about an oblique axis, shifted along another) used to
+    restart a run away from an answer."""
+    axis = np.asarray(axis_sign, dtype=float) / np.sqrt(3.0)
     a = np.radians(deg)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     rot = np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
     m = np.eye(4)
     m[:3, :3] = rot
-    m[:3, 3] = mm * np.array([1.0, 1.0, -1.0]) / np.sqrt(3.0)
+    m[:3, 3] = mm * np.asarray(shift_sign, dtype=float) / np.sqrt(3.0)
     return m
 
 
@@ -485,7 +509,11 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
     ``region_mm``: where to look, in fixed LPS mm: ``None`` (centre of the fixed scan), a centre ``(x, y, z)``,
     ``(centre, radius_mm)``, or an LPS box ``((x0, y0, z0), (x1, y1, z1))`` (its centre and largest half-side).
     ``metal_hu`` overrides ``settings.metal_hu``. ``check_points_mm`` (fixed LPS, e.g. planned tips) are added
-    to the points where the forward/backward consistency is measured.
+    to the points where the error is estimated.
+
+    Stages: crop both scans around the target (``_crop_pair``), FFT translation start, forward run
+    (``_run_one``), backward run and restarts from perturbed starts (``_alternatives``), the best candidate by
+    the full metric (``_choose``), the error estimate (``_error_budget``), refusal.
 
     Returns a :class:`RegistrationResult`; raises :class:`RegistrationError` (with ``.result``) when refused,
     unless ``raise_on_refusal`` is false (then ``result.refusal`` says why), and :class:`InputError` for scans
@@ -493,117 +521,181 @@ def register_rigid(fixed: Volume, moving: Volume, region_mm=None, metal_hu: floa
     """
     s = settings or RegistrationSettings()
     if metal_hu is not None:
-        s = RegistrationSettings(**{**asdict(s), "metal_hu": float(metal_hu)})
+        s = replace(s, metal_hu=float(metal_hu))
     check_same_patient(fixed, moving)
-    t0 = time.perf_counter()
-    c0 = time.process_time()
+    t0, c0 = time.perf_counter(), time.process_time()
     centre, half = _parse_region(region_mm, fixed, s.region_half_mm)
     if not fixed.contains_lps(centre):
         raise InputError(f"the target region centre {np.round(centre, 1).tolist()} mm lies outside the pre-plan CT; "
                          "give a region inside the fixed scan")
-
-    step = s.grid_step_mm
-    lo_hu = s.hu_window[0]
-    fixed_img, _, f_metal = _crop_isotropic(fixed, centre, half, step, np.nan, s.metal_hu)
-    moving_img, moving_inside, m_metal = _crop_isotropic(moving, centre, half + s.moving_margin_mm, step, np.nan,
-                                                         s.metal_hu)
-    import SimpleITK as sitk
-
-    f_np = sitk.GetArrayFromImage(fixed_img)
-    f_valid = np.isfinite(f_np)
-    f_np = np.where(f_valid, f_np, lo_hu)
-    m_np = sitk.GetArrayFromImage(moving_img)
-    m_valid = np.isfinite(m_np)
-    if m_valid.mean() < 0.05 or moving_inside < 0.05:
-        result = _refused(s, centre, half, t0, fixed, moving, 0.0,
-                          "no overlap: the intraop CT does not cover the target region "
-                          f"(centre {np.round(centre, 1).tolist()} mm, half-size {half:.0f} mm); "
-                          "rescan covering the target")
-        if raise_on_refusal:
-            exc = RegistrationError(result.refusal)
-            exc.result = result
-            raise exc
-        return result
-    m_np = np.where(m_valid, m_np, lo_hu)
-    f_keep = _metal_mask(f_metal, s.metal_dilation_mm, step) & f_valid
-    m_keep = _metal_mask(m_metal, s.metal_dilation_mm, step) & m_valid
-    f_cl = np.clip(f_np, *s.hu_window).astype(np.float32)
-    m_cl = np.clip(m_np, *s.hu_window).astype(np.float32)
-
-    # initial translation: masked FFT cross-correlation (metal replaced by soft tissue so it does not pull)
-    m_for_init = np.where(m_keep, m_cl, 40.0).astype(np.float32)
-    factor = max(1, int(round(s.init_step_mm / step)))
-    t_init = _fft_translation(f_cl, f_keep, m_for_init, m_valid, factor, step)
+    pair = _crop_pair(fixed, moving, centre, half, s)
+    if pair.moving_valid.mean() < 0.05 or pair.moving_inside < 0.05:
+        return _refuse(_refused(s, centre, half, t0, fixed, moving, 0.0,
+                                "no overlap: the intraop CT does not cover the target region "
+                                f"(centre {np.round(centre, 1).tolist()} mm, half-size {half:.0f} mm); "
+                                "rescan covering the target"), raise_on_refusal)
+    t_init = pair.fft_translation(s)
     init = np.eye(4)
     init[:3, 3] = t_init
-
-    fimg = _like(fixed_img, f_cl)
-    mimg = _like(moving_img, m_cl)
-    fmask = _like(fixed_img, f_keep.astype(np.uint8), sitk.sitkUInt8) if not f_keep.all() else None
-    mmask = _like(moving_img, m_keep.astype(np.uint8), sitk.sitkUInt8)
-
-    fwd, metric, stop, iters, obs = _run_one(s, fimg, fmask, mimg, mmask, init, centre)
+    fwd, metric, stop, iters, obs = _run_one(s, *pair.images(), init, centre)
     converged = "Maximum number of iterations" not in stop
 
     points = _box_check_points(centre, half)
     if check_points_mm is not None:
         points = np.vstack([points, np.asarray(check_points_mm, dtype=float).reshape(-1, 3)])
-
-    overlap = float(np.mean(moving.contains_lps(RigidTransform(fwd).apply(_lattice(centre, half, 6)))))
     residuals = np.zeros(len(points))
-    chosen = "forward"
-    if s.consistency_check:
-        # backward: intraop box (around the mapped centre) is fixed, pre-plan is moving
-        c_m = RigidTransform(fwd).apply(centre)
-        b_fixed, _, bf_metal = _crop_isotropic(moving, c_m, half, step, np.nan, s.metal_hu)
-        b_moving, _, bm_metal = _crop_isotropic(fixed, c_m, half + s.moving_margin_mm, step, np.nan, s.metal_hu)
-        bf = sitk.GetArrayFromImage(b_fixed)
-        bf_valid = np.isfinite(bf)
-        bf = np.where(bf_valid, bf, lo_hu)
-        bf_keep = _metal_mask(bf_metal, s.metal_dilation_mm, step) & bf_valid
-        bm = sitk.GetArrayFromImage(b_moving)
-        bm_valid = np.isfinite(bm)
-        bm = np.where(bm_valid, bm, lo_hu)
-        bm_keep = _metal_mask(bm_metal, s.metal_dilation_mm, step) & bm_valid
-        b_init = _centred(_perturbation(s.consistency_perturbation_deg, s.consistency_perturbation_mm), c_m) \
-            @ np.linalg.inv(fwd)
-        nb = len(s.consistency_shrink_factors)
-        sb = RegistrationSettings(**{**asdict(s), "shrink_factors": tuple(s.consistency_shrink_factors),
-                                     "smoothing_sigmas_mm": tuple(s.consistency_smoothing_sigmas_mm),
-                                     "sampling_fractions": tuple(s.sampling_fractions[-nb:])})
-        bwd, _, _, _, _ = _run_one(
-            sb, _like(b_fixed, np.clip(bf, *s.hu_window).astype(np.float32)),
-            _like(b_fixed, bf_keep.astype(np.uint8), sitk.sitkUInt8),
-            _like(b_moving, np.clip(bm, *s.hu_window).astype(np.float32)),
-            None if bm_keep.all() else _like(b_moving, bm_keep.astype(np.uint8), sitk.sitkUInt8),
-            b_init, c_m)
-        residuals = np.linalg.norm(RigidTransform(bwd).apply(RigidTransform(fwd).apply(points)) - points, axis=1)
-        # The two runs are two estimates of one transform: keep the one (or their midpoint) that the metric,
-        # evaluated on every voxel, prefers. A gradient descent on sampled points stops where the sampling
-        # noise outweighs a shallow slope (along the neck's axis mostly); the full metric does not.
-        inv_b = np.linalg.inv(bwd)
-        candidates = [fwd, inv_b, _midpoint(fwd, inv_b, centre)]
-        values = [_metric_at(s, fimg, fmask, mimg, mmask, c, centre) for c in candidates]
-        best = int(np.argmin(values))
-        fwd, metric = candidates[best], values[best]
-        chosen = ("forward", "backward", "midpoint")[best]
-    est = float(residuals.max()) if len(residuals) else 0.0
-
+    chosen, candidates, agree = "forward", {"forward": fwd}, ["forward"]
+    weak = s.metric == "correlation" and metric > s.max_metric   # refused whatever else is found
+    if s.consistency_check and not weak:
+        bwd, restarts = _alternatives(s, fixed, moving, pair, fwd, centre, half)
+        candidates.update({"backward": np.linalg.inv(bwd),
+                           "midpoint": _midpoint(fwd, np.linalg.inv(bwd), centre), **restarts})
+        chosen, values = _choose(s, pair, candidates, centre)
+        metric, agree = values[chosen], _agreeing(values, s)
+        if "forward" in agree and "backward" in agree:
+            residuals = np.linalg.norm(RigidTransform(bwd).apply(RigidTransform(fwd).apply(points)) - points, axis=1)
+    best = candidates[chosen]
+    spread = np.max([np.linalg.norm(RigidTransform(candidates[c]).apply(points) - RigidTransform(best).apply(points),
+                                    axis=1) for c in agree], axis=0)
+    budget = _error_budget(s, fixed, moving, residuals, spread)
+    budget["runs_discarded"] = float(len(candidates) - len(agree))
+    overlap = float(np.mean(moving.contains_lps(RigidTransform(best).apply(_lattice(centre, half, 6)))))
     result = RegistrationResult(
-        fixed_to_moving=fwd, metric=metric, converged=converged, estimated_error_mm=est,
-        seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, metric_trace=obs.trace(), stop_condition=stop, iterations=iters,
-        region_centre_mm=centre, region_half_mm=half, check_points_mm=points, consistency_residuals_mm=residuals,
-        initial_translation_mm=t_init, overlap_fraction=overlap, chosen=chosen,
-        fixed_frame_of_reference_uid=fixed.frame_of_reference_uid,
+        fixed_to_moving=best, metric=metric, converged=converged, estimated_error_mm=budget["estimated_error_mm"],
+        seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, metric_trace=obs.trace(),
+        stop_condition=stop, iterations=iters, region_centre_mm=centre, region_half_mm=half, check_points_mm=points,
+        consistency_residuals_mm=residuals, initial_translation_mm=t_init, overlap_fraction=overlap, chosen=chosen,
+        error_budget_mm=budget, fixed_frame_of_reference_uid=fixed.frame_of_reference_uid,
         moving_frame_of_reference_uid=moving.frame_of_reference_uid, settings=_settings_json(s))
     result.refusal = _refusal(result, s)
     if result.refusal:
         result.converged = result.converged and not result.refusal.startswith("did not converge")
-        if raise_on_refusal:
-            exc = RegistrationError(result.refusal)
-            exc.result = result
-            raise exc
+        return _refuse(result, raise_on_refusal)
     return result
+
+
+def _refuse(result: RegistrationResult, raise_on_refusal: bool) -> RegistrationResult:
+    if raise_on_refusal:
+        exc = RegistrationError(result.refusal)
+        exc.result = result
+        raise exc
+    return result
+
+
+@dataclass
+class _Pair:
+    """One registration problem on isotropic crops: clipped HU images and where the metric may look (z, y, x)."""
+
+    fixed_img: object      # sitk images (their geometry) of the crops
+    moving_img: object
+    fixed_hu: np.ndarray   # clipped to the HU window, outside-the-scan filled with the window's low end
+    moving_hu: np.ndarray
+    fixed_keep: np.ndarray
+    moving_keep: np.ndarray
+    moving_valid: np.ndarray
+    moving_inside: float
+
+    def images(self):
+        """(fixed image, fixed mask or None, moving image, moving mask) for ``_run_one``/``_metric_at``."""
+        import SimpleITK as sitk
+
+        fmask = None if self.fixed_keep.all() else _like(self.fixed_img, self.fixed_keep.astype(np.uint8),
+                                                          sitk.sitkUInt8)
+        mmask = _like(self.moving_img, self.moving_keep.astype(np.uint8), sitk.sitkUInt8)
+        return _like(self.fixed_img, self.fixed_hu), fmask, _like(self.moving_img, self.moving_hu), mmask
+
+    def fft_translation(self, s: RegistrationSettings) -> np.ndarray:
+        """Masked FFT cross-correlation start (metal replaced by soft tissue so that it does not pull)."""
+        m_for_init = np.where(self.moving_keep, self.moving_hu, 40.0).astype(np.float32)
+        factor = max(1, int(round(s.init_step_mm / s.grid_step_mm)))
+        return _fft_translation(self.fixed_hu, self.fixed_keep, m_for_init, self.moving_valid, factor,
+                                s.grid_step_mm)
+
+
+def _crop_pair(fixed: Volume, moving: Volume, centre_mm, half_mm: float, s: RegistrationSettings) -> _Pair:
+    """``fixed`` cropped to the box around ``centre_mm``, ``moving`` to the box grown by the capture margin."""
+    import SimpleITK as sitk
+
+    f_img, _, f_metal = _crop_isotropic(fixed, centre_mm, half_mm, s.grid_step_mm, np.nan, s.metal_hu)
+    m_img, m_inside, m_metal = _crop_isotropic(moving, centre_mm, half_mm + s.moving_margin_mm, s.grid_step_mm,
+                                               np.nan, s.metal_hu)
+    out = []
+    for img, metal in ((f_img, f_metal), (m_img, m_metal)):
+        a = sitk.GetArrayFromImage(img)
+        valid = np.isfinite(a)
+        a = np.clip(np.where(valid, a, s.hu_window[0]), *s.hu_window).astype(np.float32)
+        out.append((a, _metal_mask(metal, s.metal_dilation_mm, s.grid_step_mm) & valid, valid))
+    (f, f_keep, _), (m, m_keep, m_valid) = out
+    return _Pair(f_img, m_img, f, m, f_keep, m_keep, m_valid, m_inside)
+
+
+def _alternatives(s: RegistrationSettings, fixed: Volume, moving: Volume, pair: _Pair, fwd: np.ndarray,
+                  centre: np.ndarray, half: float):
+    """The backward run (intraop -> pre-plan, a 4x4 moving -> fixed) and the forward restarts from perturbed
+    starts ({name: 4x4 fixed -> moving}), all on the short pyramid and with their own metric samples.
+
+    The backward run sees the problem from the other side (its own crops, its own samples); the restarts
+    start ``consistency_perturbation_*`` away from the forward answer about other axes: where the optimum is
+    shallow or several optima compete, they end apart and the spread shows it."""
+    nb = len(s.consistency_shrink_factors)
+    short = replace(s, shrink_factors=tuple(s.consistency_shrink_factors),
+                    smoothing_sigmas_mm=tuple(s.consistency_smoothing_sigmas_mm),
+                    sampling_fractions=tuple(s.sampling_fractions[-nb:]))
+    c_m = RigidTransform(fwd).apply(centre)
+    back = _crop_pair(moving, fixed, c_m, half, s)
+    b_init = _centred(_perturbation(s.consistency_perturbation_deg, s.consistency_perturbation_mm), c_m) \
+        @ np.linalg.inv(fwd)
+    bwd = _run_one(short, *back.images(), b_init, c_m)[0]
+    restarts = {}
+    for n in range(s.restarts):
+        axis_sign = np.array([[1, 1, -1], [-1, 1, 1], [1, -1, -1]])[n % 3]
+        start = _centred(_perturbation(s.consistency_perturbation_deg, s.consistency_perturbation_mm,
+                                       axis_sign, -axis_sign[::-1]), c_m) @ fwd
+        run = replace(short, sampling_seed=s.sampling_seed + 7919 * (n + 1))
+        restarts[f"restart{n + 1}"] = _run_one(run, *pair.images(), start, centre)[0]
+    return bwd, restarts
+
+
+def _choose(s: RegistrationSettings, pair: _Pair, candidates: dict, centre: np.ndarray) -> tuple[str, dict]:
+    """The candidate with the best metric on every voxel (no sampling noise), and every candidate's metric:
+    along the neck's axis the optimum is shallow and a sampled gradient descent may stop a few tenths of a
+    millimetre short."""
+    images = pair.images()
+    values = {name: _metric_at(s, *images, m, centre) for name, m in candidates.items()}
+    return min(values, key=values.get), values
+
+
+def _agreeing(values: dict, s: RegistrationSettings) -> list[str]:
+    """The candidates whose full metric is within ``agreeing_metric_tolerance`` of the best: alternatives the
+    data cannot tell apart, whose spread is the uncertainty. A clearly worse one is a run that failed (stuck
+    in a local optimum): it says nothing about the error of the kept answer when at least two independent runs
+    (the midpoint is not one) agree; otherwise every candidate counts."""
+    best = min(values.values())
+    agree = [n for n, v in values.items() if v <= best + s.agreeing_metric_tolerance]
+    runs = [n for n in agree if n != "midpoint"]
+    return agree if len(runs) >= 2 else list(values)
+
+
+def _error_budget(s: RegistrationSettings, fixed: Volume, moving: Volume, residuals: np.ndarray,
+                  spread: np.ndarray) -> dict:
+    """The estimated error at the check points (mm) and its parts.
+
+    - ``consistency``: the largest forward/backward residual (how stable the optimum is);
+    - ``spread``: the largest distance of any agreeing candidate (forward, backward, midpoint, restarts whose
+      metric the data cannot tell from the best, ``_agreeing``) from the one kept: a shallow or ambiguous
+      optimum (a run stuck clearly worse is discarded, ``runs_discarded``, when two others agree);
+    - ``resolution``: a floor that neither of those can see: both runs can agree on a match biased by partial
+      volume and interpolation, which scale with the coarsest sampling in play (the slice thickness of either
+      scan or the resampling step); ``resolution_floor_fraction`` of it.
+    The first two measure one thing (how well the optimum is pinned) and the larger counts; it and the floor
+    are independent and add in quadrature."""
+    coarsest = float(max(np.max(fixed.spacing_mm), np.max(moving.spacing_mm), s.grid_step_mm))
+    parts = {"consistency": float(residuals.max()) if len(residuals) else 0.0,
+             "spread": float(spread.max()) if len(spread) else 0.0,
+             "resolution": s.resolution_floor_fraction * coarsest}
+    stability = max(parts["consistency"], parts["spread"])   # one effect seen twice: take the larger
+    parts["estimated_error_mm"] = float(np.hypot(stability, parts["resolution"]))
+    return parts
 
 
 def _refusal(r: RegistrationResult, s: RegistrationSettings) -> str:
@@ -618,7 +710,10 @@ def _refusal(r: RegistrationResult, s: RegistrationSettings) -> str:
                 "not show the same anatomy around the target (other patient or region?); check the series")
     if r.estimated_error_mm > s.max_estimated_error_mm:
         return (f"estimated registration error {r.estimated_error_mm:.2f} mm exceeds "
-                f"{s.max_estimated_error_mm:.2f} mm (forward/backward inconsistency); rescan or check the region")
+                f"{s.max_estimated_error_mm:.2f} mm (" + ", ".join(
+                    f"{k} {r.error_budget_mm[k]:.2f} mm" for k in ("consistency", "spread", "resolution")
+                if k in r.error_budget_mm)
+                + "); rescan longer or with thinner slices, or check the region")
     return ""
 
 

@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     w.add_argument("--node-diameter-mm", type=float, default=None, help="override the case's node size (5-60)")
     w.add_argument("--slice-mm", type=float, default=None, help="override the pre-plan slice spacing")
     w.add_argument("--n-slices", type=int, default=None, help="override the number of pre-plan slices")
+    w.add_argument("--scanner", default=None, help="scanner preset of the pre-plan CT (sim_a, vendor_b, ...)")
     args = parser.parse_args(argv)
 
     from . import CASES, write_case
@@ -37,6 +38,8 @@ def main(argv=None) -> int:
         options["slice_mm"] = args.slice_mm
     if args.n_slices is not None:
         options["n_slices"] = args.n_slices
+    if args.scanner is not None:
+        options["scanner"] = args.scanner
     t0 = time.perf_counter()
     try:
         print(f"making case {args.case!r} seed {args.seed} ...", flush=True)

@@ -24,9 +24,10 @@ HU = {
     "air": -1000.0, "lung": -850.0, "fat": -100.0, "skin": 30.0, "muscle": 45.0, "esophagus": 40.0,
     "cartilage": 110.0, "artery": 250.0, "vein": 170.0, "svc": 300.0, "pa": 220.0, "heart": 130.0,
     "node": 55.0, "necrosis": 15.0, "csf": 10.0, "cord": 35.0, "cortical": 900.0, "cancellous": 250.0,
-    "disc": 80.0, "lung_vessel": 40.0,
+    "disc": 80.0, "lung_vessel": 40.0, "soft": 30.0,
 }
 SKIN_MM = 3.0
+SUBCUT_FAT_MM = 11.0   # subcutaneous fat of the neck under the skin
 
 
 @dataclass
@@ -132,6 +133,15 @@ def neck(rng: np.random.Generator, node_diameter_mm: float = 30.0, necrosis: boo
                        ellipsoid(bulge_c, (bulge_ax, bulge_ax, bulge_ax + 15), offset_mm=SKIN_MM))
     s.layer(HU["skin"], body)
     s.layer(HU["fat"], body_inner)
+    # A real neck is mostly muscle, glands and fascia under a subcutaneous fat layer, with fat planes around
+    # the carotid sheaths (where the nodes lie): soft tissue with a median of +12 to +29 HU like the real CTs
+    # in ../shared/data, not the fat-filled outline (median -76 HU) this phantom had before.
+    deep = s.add(secyl(c0, A, B, hl, 2.4, offset_mm=SKIN_MM + SUBCUT_FAT_MM),
+                 ellipsoid(bulge_c, (bulge_ax, bulge_ax, bulge_ax + 15), offset_mm=SKIN_MM + SUBCUT_FAT_MM))
+    s.layer(HU["soft"], deep)
+    sheath_fat = [s.add(ellipsoid(at(sgn * 27 * scale, -9 * scale), (15 * scale, 13 * scale, hl)))[0]
+                  for sgn in (-1.0, 1.0)]
+    s.layer(HU["fat"], sheath_fat + s.add(ellipsoid(node_c, (r_node + 5.0,) * 3)))
     muscles = s.add(ellipsoid(at(0, 26 * scale), (40 * scale, 24 * scale, hl)),
                     ellipsoid(at(-38 * scale, -4 * scale), (8, 19, hl), _rz(-35)),
                     ellipsoid(at(38 * scale, -4 * scale), (8, 19, hl), _rz(35)),

@@ -22,7 +22,7 @@ from navigator.core.volume import Volume
 from . import anatomy as A
 from .motion import Motion
 from .needles import STEEL_HU, needle_occupancy
-from .scanner import ScannerModel, acquire
+from .scanner import ScannerModel, acquire, scanner_model
 from .seeds import SEED_HU, _unit, seed_occupancy
 from .shapes import render_hu, structure_occupancy
 
@@ -143,7 +143,8 @@ def make_patient(case: str = "neck", seed: int = 0, **options) -> Patient:
 
     Options (override the case's): ``node_diameter_mm`` (5-60, equivalent-sphere diameter of the node),
     ``necrosis`` (None: only nodes >= 15 mm), ``patient_position`` ("HFS"/"FFS"), ``slice_mm``, ``n_slices``,
-    ``pixel_mm``, ``matrix`` ((columns, rows)), ``scanner`` (a ``ScannerModel``), neck: ``node_side`` ("R"/"L"),
+    ``pixel_mm``, ``matrix`` ((columns, rows)), ``scanner`` (a ``ScannerModel`` or a preset's name in
+    ``scanner.SCANNERS``: sim_a, vendor_b, ...), neck: ``node_side`` ("R"/"L"),
     mediastinum: ``station`` ("subcarinal"/"paratracheal").
     """
     if case not in CASES:
@@ -160,7 +161,7 @@ def make_patient(case: str = "neck", seed: int = 0, **options) -> Patient:
         raise InputError(f"node_diameter_mm {d} mm is outside 5-60 mm; pick a node size in that range")
     if not 0.3 <= float(opts["slice_mm"]) <= 10.0:
         raise InputError(f"slice_mm {opts['slice_mm']} mm is outside 0.3-10 mm")
-    scanner = opts["scanner"] or ScannerModel(noise_hu=12.0 if spec.site == "neck" else 15.0)
+    scanner = scanner_model(opts["scanner"], ScannerModel(noise_hu=12.0 if spec.site == "neck" else 15.0))
     rng = np.random.default_rng([int(seed), int.from_bytes(case.encode()[:8], "little")])
     length = float(opts["slice_mm"]) * int(opts["n_slices"]) + 40.0
     if spec.site == "neck":
@@ -179,7 +180,8 @@ def make_patient(case: str = "neck", seed: int = 0, **options) -> Patient:
     grid = _grid(center, pixel, float(opts["slice_mm"]), matrix, int(opts["n_slices"]),
                  _direction(opts["patient_position"]))
 
-    ideal = render_hu(anat.scene, grid)
+    ideal, _, _ = _render_profiled(anat.scene, grid, None, (), np.zeros((0, 3)), np.zeros((0, 3)),
+                                   scanner.slice_profile)
     img = acquire(ideal, grid, rng, scanner)
     ct = grid.with_array(img.astype(np.float32))
     ct.patient_id = f"PHANTOM-{case.upper()}-{seed}"
@@ -218,9 +220,11 @@ def render_scan(patient: Patient, kind: str, motion=None, needles=(), seeds_mm=N
     ``length_mm``, with the pre-plan CT's matrix and pixel size unless ``matrix`` ((columns, rows)) or
     ``pixel_mm`` are given. ``needles`` may also be ``NeedleDraw``s: their draws are then recorded in the
     truth (``needle_draws``). ``rng``: Generator or int; default derived from the patient, kind and inputs.
+    ``scanner``: a ``ScannerModel`` or a preset's name (``SCANNERS``: "sim_a", "vendor_b", "vendor_c",
+    "vendor_d"; default the patient's scanner); its ``slice_profile`` decides how slices are integrated.
     """
     motion = Motion.coerce(motion)
-    scanner = scanner or patient.scanner
+    scanner = scanner_model(scanner, patient.scanner)
     draws = [n.to_dict() for n in needles if hasattr(n, "to_dict")]
     needles = [(n.entry_mm, n.tip_mm) if hasattr(n, "entry_mm") else n for n in needles]
     needles = [(np.asarray(e, float).reshape(3), np.asarray(t, float).reshape(3)) for e, t in needles]
@@ -246,11 +250,8 @@ def render_scan(patient: Patient, kind: str, motion=None, needles=(), seeds_mm=N
     seeds_scan = motion.preplan_to_scan(seeds_pre) if len(seeds_pre) else np.zeros((0, 3))
     axes_scan = motion.directions_preplan_to_scan(axes_pre) if len(seeds_pre) else np.zeros((0, 3))
 
-    ideal = render_hu(patient.anatomy.scene, grid, motion)
-    occ_n = needle_occupancy(grid, needles_scan)
-    occ_s = seed_occupancy(grid, seeds_scan, axes_scan) if len(seeds_scan) else np.zeros_like(occ_n)
-    metal_hu = occ_n * np.float32(STEEL_HU) + occ_s * np.float32(SEED_HU)
-    metal_occ = np.minimum(occ_n + occ_s, 1.0)
+    ideal, metal_hu, metal_occ = _render_profiled(patient.anatomy.scene, grid, motion, needles_scan, seeds_scan,
+                                                  axes_scan, scanner.slice_profile)
     img = acquire(ideal, grid, rng, scanner, metal_hu, metal_occ)
 
     vol = grid.with_array(img.astype(np.float32))
@@ -279,6 +280,48 @@ def render_scan(patient: Patient, kind: str, motion=None, needles=(), seeds_mm=N
                     "seed_axes_preplan": axes_pre.tolist(),
                 }}
     return vol
+
+
+_PROFILE_SUB = 3   # sub-slices per slice on which a Gaussian slice profile is integrated
+
+
+def _render_ideal(scene, grid: Volume, motion, needles_scan, seeds_scan, axes_scan):
+    """(ideal HU, metal HU, metal occupancy) on ``grid`` with a box slice profile (each slice averaged)."""
+    ideal = render_hu(scene, grid, motion)
+    occ_n = needle_occupancy(grid, needles_scan)
+    occ_s = seed_occupancy(grid, seeds_scan, axes_scan) if len(seeds_scan) else np.zeros_like(occ_n)
+    metal_hu = occ_n * np.float32(STEEL_HU) + occ_s * np.float32(SEED_HU)
+    return ideal, metal_hu, occ_n + occ_s
+
+
+def _render_profiled(scene, grid: Volume, motion, needles_scan, seeds_scan, axes_scan, profile: str):
+    """The ideal image and metal of ``grid`` through the scanner's slice sensitivity profile.
+
+    ``box``: each slice averages its own thickness. ``gaussian`` (FWHM = slice thickness, as most helical
+    scanners): rendered on sub-slices of a third of the thickness, one slice beyond each end, and summed with
+    the Gaussian's weights at the sub-slice centres (+-4/3 slice = +-3.1 sigma), so a seed or needle in one slice
+    also shows in its neighbours."""
+    if profile == "box":
+        ideal, metal_hu, occ = _render_ideal(scene, grid, motion, needles_scan, seeds_scan, axes_scan)
+        return ideal, metal_hu, np.minimum(occ, 1.0)
+    m = _PROFILE_SUB
+    n = grid.array.shape[0]
+    sp = grid.spacing_mm
+    centre = grid.ijk_to_lps((np.array(grid.shape_ijk, float) - 1) / 2.0)
+    fine = _grid(centre, float(sp[0]), float(sp[2]) / m, (grid.array.shape[2], grid.array.shape[1]),
+                 m * n + 2 * m, grid.direction)
+    parts = _render_ideal(scene, fine, motion, needles_scan, seeds_scan, axes_scan)
+    sigma = float(sp[2]) / 2.3548
+    offs = np.arange(-m, 2 * m) - (m - 1) / 2.0              # sub-slice centres, in sub-slices from the centre
+    w = np.exp(-0.5 * (offs * float(sp[2]) / m / sigma) ** 2)
+    w /= w.sum()
+    out = []
+    for a in parts:
+        acc = np.zeros((n,) + a.shape[1:], dtype=np.float32)
+        for s_i, wt in enumerate(w):
+            acc += np.float32(wt) * a[s_i: s_i + m * n: m]
+        out.append(acc)
+    return out[0], out[1], np.minimum(out[2], 1.0)
 
 
 def intraop_scan(patient: Patient, needles_true, motion=None, rng=None, slice_mm: float = 2.5,

@@ -6,6 +6,12 @@ filtered and back-projected: beam hardening and photon starvation along the line
 run where real ones do, including the dark band between two pieces of metal) -> in-plane PSF blur, with a wider
 tail for metal (blooming) -> correlated noise -> clipped to the scanner's HU range and rounded.
 
+Scanners differ on purpose (``SCANNERS``, chosen by name with ``scanner_model``): the HU range where metal
+saturates (12-bit 3071, 4095, or an extended scale), the slice sensitivity profile (``box``: the whole slice
+averaged; ``gaussian``: FWHM = slice thickness, reaching into the neighbouring slices; rendered in
+``cases.render_scan``), sharp or smooth kernels (PSF and noise texture), with or without blooming and streaks.
+Pixel size and slice thickness are the acquisition's, given to the scan functions.
+
 Metal is passed as ``metal_hu`` = sum of occupancy x the metal's effective HU, with ``metal_occ`` its total
 occupancy (clipped at 1), on the same grid.
 """
@@ -18,6 +24,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from navigator.core.volume import Volume
+from navigator.errors import InputError
 
 from . import _kernels as K
 
@@ -43,9 +50,48 @@ class ScannerModel:
     starvation_noise: float = 0.01      # projection noise scale (line-integral units) behind metal
     hu_min: float = -1024.0
     hu_max: float = 3071.0              # 12-bit scanner range: metal saturates here
+    slice_profile: str = "box"          # "box" (whole slice averaged) or "gaussian" (FWHM = slice thickness)
+    name: str = "sim_a"
+
+    def __post_init__(self) -> None:
+        if self.slice_profile not in SLICE_PROFILES:
+            raise InputError(f"slice_profile {self.slice_profile!r} is not one of {', '.join(SLICE_PROFILES)}")
 
     def describe(self) -> dict:
         return dict(self.__dict__)
+
+
+SLICE_PROFILES = ("box", "gaussian")
+
+# Scanner presets built to differ from each other where finders and registration are sensitive (issue #12).
+SCANNERS: dict[str, ScannerModel] = {
+    # our original simulator: 12-bit clip, box profile, standard kernel, blooming and streaks
+    "sim_a": ScannerModel(),
+    # like the independent phantom that broke the intraop check: metal clipped at 3071 HU, Gaussian slice
+    # profile, a Gaussian in-plane blur of sigma 0.45 mm (FWHM 1.06 mm), no blooming model and no streaks
+    "vendor_b": ScannerModel(psf_fwhm_mm=1.06, noise_hu=12.0, noise_corr_fwhm_mm=1.0, bloom_fraction=0.0,
+                             streaks=False, hu_max=3071.0, slice_profile="gaussian", name="vendor_b"),
+    # 4095 HU ceiling, box profile, a sharp kernel (narrow PSF, finer and stronger noise), strong blooming and
+    # streaks (more beam hardening, earlier photon starvation)
+    "vendor_c": ScannerModel(psf_fwhm_mm=0.5, noise_hu=20.0, noise_corr_fwhm_mm=0.5, texture_hu=8.0,
+                             bloom_fraction=0.35, bloom_fwhm_mm=2.8, streaks=True, beam_hardening=0.16,
+                             starvation_p=5.0, hu_max=4095.0, slice_profile="box", name="vendor_c"),
+    # an extended HU scale (metal kept up to 30710 HU), Gaussian profile, a smooth kernel (wide PSF, low
+    # noise), blooming and streaks
+    "vendor_d": ScannerModel(psf_fwhm_mm=1.3, noise_hu=7.0, noise_corr_fwhm_mm=1.3, texture_hu=5.0,
+                             bloom_fraction=0.25, hu_max=30710.0, slice_profile="gaussian", name="vendor_d"),
+}
+
+
+def scanner_model(scanner: "ScannerModel | str | None", default: "ScannerModel | None" = None) -> ScannerModel:
+    """A ``ScannerModel`` from a model, a preset's name (``SCANNERS``) or None (``default``, else sim_a)."""
+    if scanner is None:
+        return default or SCANNERS["sim_a"]
+    if isinstance(scanner, ScannerModel):
+        return scanner
+    if isinstance(scanner, str) and scanner in SCANNERS:
+        return SCANNERS[scanner]
+    raise InputError(f"unknown scanner {scanner!r}; the presets are {', '.join(SCANNERS)}")
 
 
 def _sigma_vox(grid: Volume, fwhm_mm: float) -> tuple[float, float, float]:

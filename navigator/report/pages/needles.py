@@ -39,7 +39,8 @@ def needles_page(check: dict, ct: Volume, plan: Plan) -> str:
         H.paragraph(f"Intraop series {check.get('intraop_series_uid')}; plan target {plan.target}, prescription "
                     f"{plan.prescription_gy:g} Gy. Coordinates: intraop CT LPS mm. Depth + means too deep."),
         H.section("Registration pre-plan → intraop", H.paragraph(
-            f"rotation {H.fmt(reg.get('rotation_deg'))}°, translation {H.fmt(reg.get('translation_mm'))} mm, "
+            f"rotation {H.fmt(reg.get('rotation_deg'))}°, shift at the target "
+            f"{H.fmt(reg.get('translation_at_centre_mm', reg.get('translation_mm')))} mm, "
             f"estimated error {H.fmt(reg.get('estimated_error_mm'))} mm, {H.fmt(reg.get('seconds'), 1)} s "
             f"({reg.get('stop_condition')}).")),
         H.section("Needles", H.paragraph(f"CTV D90 as planned: {gy} Gy; with every needle as found: {found_gy} Gy "
