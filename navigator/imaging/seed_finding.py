@@ -54,6 +54,14 @@ SEED_DIAMETER_MM = 0.8
 class SeedFindingSettings:
     """Every knob of the seed finder, named with its unit."""
 
+    # What is measured on the scan in hand: one seed's excess-intensity integral (median of the isolated blobs,
+    # ``_calibrate_unit``), the in-plane elongation of a seed on thick slices (``_elongation_scale``), each
+    # blob's background (its shell) and each core's split level (a fraction of its own peak). The levels
+    # below are detection floors, not fits: bone-safe and below the dimmest seed of a 5 mm slice, checked on
+    # two scanners (tests/imaging/test_seed_finding_scanners.py: a 0.45 mm Gaussian PSF without blooming,
+    # 8 000 HU seeds that never clip). ``scanner_blur_sigma_mm`` and ``slice_profile`` are still given,
+    # not measured: the scan's own blur (the needle finder's ``metal_appearance.full_rod_contrast`` width)
+    # and profile would replace them (issue #12, not done).
     threshold_hu: float = 700.0           # a seed blob must reach this (a 5 mm slice dims an in-plane seed to ~1000 HU)
     low_threshold_hu: float = 500.0       # ...and extends down to this (hysteresis: keeps smeared 5 mm seeds whole)
     split_fraction: float = 0.5           # a blob splits into cores above this fraction of each core's own peak

@@ -7,7 +7,9 @@ Geometry is in the intraop CT's LPS frame (mm): the planned needle is mapped the
 - ``depth_mm``: the error's component along the planned axis (+ too deep, - too shallow);
 - ``lateral_mm``: the component perpendicular to the planned axis;
 - ``angle_deg``: between the found and planned axes;
-- ``within_tolerance``: tip error below the tolerance (2 mm by default).
+- ``within_tolerance``: tip error below the tolerance (2 mm by default);
+- ``tip_sd_mm``: the finder's standard error of the found tip (mm, 3D): how sure it is (a needle lying inside
+  one thick slice is uncertain through it; a clipped end's bias rests on the scan's measured blur).
 
 Dose impact (``d90_change_gy``): the needle's planned seeds are moved with the needle's rigid deviation
 (rotated about the planned tip from the planned to the found axis, then carried to the found tip), the other
@@ -44,6 +46,7 @@ class NeedleDeviation:
     far_off_track: bool = False
     d90_change_gy: float = float("nan")
     advice: str = ""
+    tip_sd_mm: float = float("nan")
 
     @property
     def planned_axis(self) -> np.ndarray:
@@ -73,6 +76,7 @@ class NeedleDeviation:
             "planned_entry_mm": _vec(self.planned_entry_mm),
             "axis": None if self.found_axis is None else _vec(self.found_axis, 5),
             "lateral_vector_mm": None if not self.found else _vec(self.lateral_vector_mm),
+            "tip_sd_mm": f(self.tip_sd_mm),
         }
 
 
@@ -85,12 +89,14 @@ def _vec(v, nd: int = 3) -> list[float]:
 
 
 def needle_deviation(needle_id: str, planned_entry_mm, planned_tip_mm, tip_mm=None, axis=None,
-                     tolerance_mm: float = 2.0, far_off_track: bool = False) -> NeedleDeviation:
+                     tolerance_mm: float = 2.0, far_off_track: bool = False,
+                     tip_sd_mm: float = float("nan")) -> NeedleDeviation:
     """Deviation of a found needle (``tip_mm``, unit ``axis`` towards the tip) from its plan, same LPS frame.
     ``tip_mm`` None: the needle was not found."""
     e = np.asarray(planned_entry_mm, dtype=float)
     p = np.asarray(planned_tip_mm, dtype=float)
-    dev = NeedleDeviation(needle_id, tip_mm is not None, e, p, float(tolerance_mm), far_off_track=far_off_track)
+    dev = NeedleDeviation(needle_id, tip_mm is not None, e, p, float(tolerance_mm), far_off_track=far_off_track,
+                          tip_sd_mm=float(tip_sd_mm))
     if tip_mm is None:
         return dev
     u = dev.planned_axis
@@ -115,7 +121,8 @@ def deviations_from_search(search, tolerance_mm: float = 2.0) -> list[NeedleDevi
         f = m.found
         out.append(needle_deviation(m.needle_id, m.planned_entry_mm, m.planned_tip_mm,
                                     None if f is None else f.tip_mm, None if f is None else f.axis,
-                                    tolerance_mm, m.far_off_track))
+                                    tolerance_mm, m.far_off_track,
+                                    float("nan") if f is None else f.tip_sd_mm))
     return out
 
 
