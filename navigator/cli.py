@@ -23,6 +23,8 @@ COMMANDS = {
     "needles": "find the needles in an intraop CT and compare each with the plan",
     "deliver": "drive the applicator through the plan's seeds, needle by needle",
     "postimplant": "find the seeds, compute the delivered dose, cold spots, supplementary seeds",
+    "serve": "the live session in the CT suite: DICOM in, steps as scans arrive, console and API, OpenIGTLink",
+    "users": "console accounts for `navigator serve` (users add NAME --role ROLE --users FILE)",
 }
 
 
