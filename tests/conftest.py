@@ -43,3 +43,20 @@ def dciodvfy(path) -> tuple[list[str], list[str]]:
     assert not any("Assertion" in line for line in lines), lines
     return ([line for line in lines if line.startswith("Error")],
             [line for line in lines if line.startswith("Warning") and "DICOMDIR" not in line])
+
+
+def demo_plan(patient, needles, seeds, seeds_per_needle: int, cols: int, rx_gy: float = 140.0):
+    """A plan of a phantom's demo implant (``simulators.phantoms.cases.demo_implant``): needles N01.. in template
+    holes A1, A3, ... (``cols`` a row), ``seeds_per_needle`` seeds S001.. on each, 0.5 mCi 6711."""
+    from navigator.core.plan import Needle, Plan, PlannedSeed
+    from navigator.physics import tg43
+
+    plan = Plan(frame_of_reference_uid=patient.ct.frame_of_reference_uid, ct_series_uid=patient.ct.series_uid,
+                target="GTV", prescription_gy=rx_gy, seed_model="6711", seed_sk_u=0.5 * tg43.MCI_TO_U)
+    for k, (entry, tip) in enumerate(needles):
+        nid = f"N{k + 1:02d}"
+        plan.needles.append(Needle(nid, entry, tip, hole=f"{chr(ord('A') + k // cols)}{2 * (k % cols) + 1}"))
+        for s in range(seeds_per_needle):
+            n = seeds_per_needle * k + s
+            plan.seeds.append(PlannedSeed(f"S{n + 1:03d}", nid, seeds[n]))
+    return plan

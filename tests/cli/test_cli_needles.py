@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from navigator.physics import tg43
 from navigator.cli import main
-from navigator.core.plan import Needle, Plan, PlannedSeed
 from simulators.phantoms.cases import demo_implant, intraop_scan, make_patient
 from simulators.phantoms.motion import apply_4x4, random_rigid
 from simulators.phantoms.needles import NeedleErrorModel, draw_needles
 from simulators.phantoms.writer import write_patient, write_scan
+from tests.conftest import demo_plan
 
 MISSING = 12  # index of the needle left out of the scan
 
@@ -32,14 +31,7 @@ def case(tmp_path_factory):
     patient = make_patient("neck", 11, matrix=(170, 170), n_slices=40)
     written = write_patient(patient, root / "case")
     needles, seeds, _ = demo_implant(patient, n_needles=20, seeds_per_needle=3, spacing_mm=10.0)
-    cols = 5
-    plan = Plan(frame_of_reference_uid=patient.ct.frame_of_reference_uid, ct_series_uid=patient.ct.series_uid,
-                target="GTV", prescription_gy=140.0, seed_model="6711", seed_sk_u=0.5 * tg43.MCI_TO_U)
-    for k, (e, t) in enumerate(needles):
-        nid = f"N{k + 1:02d}"
-        plan.needles.append(Needle(nid, e, t, hole=f"{'ABCDE'[k // cols]}{2 * (k % cols) + 1}"))
-        for s in range(3):
-            plan.seeds.append(PlannedSeed(f"S{3 * k + s + 1:03d}", nid, seeds[3 * k + s]))
+    plan = demo_plan(patient, needles, seeds, seeds_per_needle=3, cols=5)
     plan_dir = root / "plan"
     plan_dir.mkdir()
     plan.save(plan_dir / "plan.json")

@@ -5,8 +5,6 @@ patient, and a running ``navigator serve`` subprocess driven over DICOM (dcmtk's
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, demo_plan
 
 MISSING = 7  # the needle left out of the intraop scan: not found, out of tolerance
 
 
 def build_case(root: Path) -> dict:
-    from navigator.core.plan import Needle, Plan, PlannedSeed
-    from navigator.physics import tg43
     from simulators.phantoms.cases import demo_implant, intraop_scan, make_patient
     from simulators.phantoms.motion import random_rigid
     from simulators.phantoms.needles import NeedleErrorModel, draw_needles
@@ -35,13 +31,7 @@ def build_case(root: Path) -> dict:
     patient = make_patient("neck", 11, matrix=(160, 160), n_slices=36)
     written = write_patient(patient, root / "case")
     needles, seeds, _ = demo_implant(patient, n_needles=12, seeds_per_needle=3, spacing_mm=10.0)
-    plan = Plan(frame_of_reference_uid=patient.ct.frame_of_reference_uid, ct_series_uid=patient.ct.series_uid,
-                target="GTV", prescription_gy=140.0, seed_model="6711", seed_sk_u=0.5 * tg43.MCI_TO_U)
-    for k, (e, t) in enumerate(needles):
-        nid = f"N{k + 1:02d}"
-        plan.needles.append(Needle(nid, e, t, hole=f"{'ABCD'[k // 4]}{2 * (k % 4) + 1}"))
-        for s in range(3):
-            plan.seeds.append(PlannedSeed(f"S{3 * k + s + 1:03d}", nid, seeds[3 * k + s]))
+    plan = demo_plan(patient, needles, seeds, seeds_per_needle=3, cols=4)
     (root / "plan").mkdir()
     plan.save(root / "plan" / "plan.json")
     rng = np.random.default_rng(1111)

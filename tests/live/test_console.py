@@ -32,6 +32,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.conftest import demo_plan
 from tests.live.conftest import Service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,8 +51,6 @@ def password(name: str) -> str:
 # --- the patient, the plan and the scans ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def console_case(tmp_path_factory):
-    from navigator.core.plan import Needle, Plan, PlannedSeed
-    from navigator.physics import tg43
     from simulators.phantoms.cases import demo_implant, intraop_scan, make_patient, postimplant_scan
     from simulators.phantoms.motion import random_rigid
     from simulators.phantoms.writer import write_patient, write_scan
@@ -60,13 +59,7 @@ def console_case(tmp_path_factory):
     patient = make_patient("neck", 11, matrix=(170, 170), n_slices=40)
     written = write_patient(patient, root / "case")
     needles, seeds, axes = demo_implant(patient, n_needles=6, seeds_per_needle=2, spacing_mm=10.0)
-    plan = Plan(frame_of_reference_uid=patient.ct.frame_of_reference_uid, ct_series_uid=patient.ct.series_uid,
-                target="GTV", prescription_gy=140.0, seed_model="6711", seed_sk_u=0.5 * tg43.MCI_TO_U)
-    for k, (entry, tip) in enumerate(needles):
-        nid = f"N{k + 1:02d}"
-        plan.needles.append(Needle(nid, entry, tip, hole=f"{'AB'[k // 3]}{2 * (k % 3) + 1}"))
-        for s in range(2):
-            plan.seeds.append(PlannedSeed(f"S{2 * k + s + 1:03d}", nid, seeds[2 * k + s]))
+    plan = demo_plan(patient, needles, seeds, seeds_per_needle=2, cols=3)
     (root / "plan").mkdir()
     plan.save(root / "plan" / "plan.json")
 
