@@ -32,8 +32,9 @@ def add_arguments(parser) -> None:
                         help="pre-plan RT Structure Set (default: RTSTRUCT.dcm beside plan.json)")
     parser.add_argument("--cold-spot-min-cc", type=float, default=0.05,
                         help="cold regions smaller than this are dropped (cc, default 0.05)")
-    parser.add_argument("--slice-profile", choices=("box", "gaussian"), default="box",
-                        help="the scanner's slice sensitivity profile for seed z fitting (default box)")
+    parser.add_argument("--slice-profile", choices=("box", "gaussian"), default=None,
+                        help="the scanner's slice sensitivity profile for seed z fitting (default: measured on "
+                             "the scan's isolated seeds; given, it wins over the measurement)")
     add_output_options(parser)
 
 

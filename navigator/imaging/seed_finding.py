@@ -28,6 +28,11 @@ images the same wherever it sits in that slice, so z is known only to +-(T - see
 in-plane seeds in 2.5 mm slices, 2.1 mm in 5 mm slices); the 0.5 mm centre goal holds in 3D for slices up to
 ~1.8 mm and in plane for any thickness. Clusters lying across 5 mm slices are the weakest case.
 
+Calibrated on the scan in hand (issue #12, ``estimate_appearance``): after a first pass with the caller's
+settings (else the ``FALLBACK_*`` constants), the in-plane blur, the slice profile and the thresholds are
+measured on the isolated unclipped seeds and the blobs are measured again with them; a caller's explicit
+setting wins, and ``SeedFindingResult.appearance`` records each value and where it came from.
+
 All analysis runs in "image mm" (voxel index times spacing, index axes i, j, k); results are converted to
 LPS once, at the end. Migration: a found seed more than ``migration_mm`` from every planned position.
 """
@@ -36,18 +41,27 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
+from scipy.optimize import least_squares, linear_sum_assignment
 from scipy.special import erf
 
 from navigator.errors import InputError
 from navigator.core.volume import Volume
+from navigator.imaging.metal_appearance import detect_clip, disk_share
 
 SEED_LENGTH_MM = 4.5
 SEED_DIAMETER_MM = 0.8
+
+# Fallbacks (fitted to our simulator sim_a), used only when the scan has fewer than ``min_isolated_seeds``
+# isolated seeds to measure them on, or (blur, profile) when most of its seeds clip; otherwise each is
+# re-estimated from the scan in hand by ``estimate_appearance``, as its comment says.
+FALLBACK_BLUR_SIGMA_MM = 0.35    # re-estimated: median Gaussian width across isolated unclipped in-plane seeds
+FALLBACK_SLICE_PROFILE = "box"   # re-estimated: neighbouring slices' share of a seed vs box/Gaussian predictions
+FALLBACK_THRESHOLD_HU = 700.0    # re-estimated: tissue + half the dimmest isolated seeds' contrast, bounded
+FALLBACK_LOW_THRESHOLD_HU = 500.0   # re-estimated: tissue + 0.7 x (threshold - tissue), the fallbacks' ratio
 
 
 @dataclass(frozen=True)
@@ -56,20 +70,21 @@ class SeedFindingSettings:
 
     # What is measured on the scan in hand: one seed's excess-intensity integral (median of the isolated blobs,
     # ``_calibrate_unit``), the in-plane elongation of a seed on thick slices (``_elongation_scale``), each
-    # blob's background (its shell) and each core's split level (a fraction of its own peak). The levels
-    # below are detection floors, not fits: bone-safe and below the dimmest seed of a 5 mm slice, checked on
-    # two scanners (tests/imaging/test_seed_finding_scanners.py: a 0.45 mm Gaussian PSF without blooming,
-    # 8 000 HU seeds that never clip). ``scanner_blur_sigma_mm`` and ``slice_profile`` are still given,
-    # not measured: the scan's own blur (the needle finder's ``metal_appearance.full_rod_contrast`` width)
-    # and profile would replace them (issue #12, not done).
-    threshold_hu: float = 700.0           # a seed blob must reach this (a 5 mm slice dims an in-plane seed to ~1000 HU)
-    low_threshold_hu: float = 500.0       # ...and extends down to this (hysteresis: keeps smeared 5 mm seeds whole)
+    # blob's background (its shell), each core's split level (a fraction of its own peak) and, from the
+    # brightest isolated seeds (``estimate_appearance``, issue #12), the in-plane blur, the slice profile and
+    # the detection levels. A knob left None is estimated from the scan; a value given here wins over the
+    # estimate (e.g. ``--slice-profile``). The ``FALLBACK_*`` constants serve only when the scan has too few
+    # isolated seeds to measure them.
+    threshold_hu: float | None = None       # a seed blob must reach this (None: from tissue level and seed peak)
+    low_threshold_hu: float | None = None   # ...and extends down to this (hysteresis: keeps smeared 5 mm seeds whole)
     split_fraction: float = 0.5           # a blob splits into cores above this fraction of each core's own peak
     seed_length_mm: float = SEED_LENGTH_MM
     seed_diameter_mm: float = SEED_DIAMETER_MM
     window_mm: float = 1.5                # integration window: component dilated by this much
-    scanner_blur_sigma_mm: float = 0.35   # in-plane point-spread sigma besides the voxel size
-    slice_profile: str = "box"            # "box" (whole slice averaged, as our phantoms) or "gaussian" (FWHM = thickness)
+    scanner_blur_sigma_mm: float | None = None   # in-plane point-spread sigma besides the voxel size (None: measured)
+    slice_profile: str | None = None      # "box" (slice averaged) or "gaussian" (FWHM = thickness); None: measured
+    min_isolated_seeds: int = 5           # fewer isolated (unclipped, in-plane) seeds than this: the fallbacks serve
+    gaussian_share_fraction: float = 0.5  # profile is Gaussian above this point between the box and Gaussian shares
     min_fraction_of_seed: float = 0.4     # a blob with less than this fraction of one seed's integral is noise
     max_seeds_per_blob: int = 12          # more than this in one blob: not seeds (bone, a clip, a wire)
     min_seed_integral_hu_mm3: float = 5000.0   # a 2.3 mm3 metal seed carries more excess HU x volume than this
@@ -78,6 +93,35 @@ class SeedFindingSettings:
     z_fit_overlap_fraction: float = 0.05  # a neighbour with this share of a seed's footprint signal is fitted jointly
     migration_mm: float = 10.0            # found seed this far from every planned position: migrated
     em_iterations: int = 40
+
+
+@dataclass(frozen=True)
+class SeedAppearance:
+    """How the seeds look in this scan and where each value the finder used came from: "scan" (measured on
+    ``seeds_used`` isolated seeds), "setting" (given by the caller, which wins) or "fallback" (too few isolated
+    seeds: the ``FALLBACK_*`` constant). ``neighbour_share``: the 10th percentile, over isolated in-plane seeds,
+    of the brighter neighbouring slice's share of the seed's brightest slice; ``box_share``/``gaussian_share``:
+    what each profile predicts for this slice spacing and thickness."""
+
+    blur_sigma_mm: float
+    blur_source: str
+    slice_profile: str
+    profile_source: str
+    threshold_hu: float
+    low_threshold_hu: float
+    threshold_source: str
+    seeds_used: int = 0
+    blur_measured_mm: float | None = None
+    neighbour_share: float | None = None
+    box_share: float | None = None
+    gaussian_share: float | None = None
+    tissue_hu: float | None = None
+    seed_peak_hu: float | None = None      # median peak of the isolated seeds (the clip when they saturate)
+    dim_seed_peak_hu: float | None = None  # 5th percentile: the dimmest seeds the threshold must keep
+    clip_hu: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (round(float(v), 3) if isinstance(v, (float, np.floating)) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -111,6 +155,7 @@ class SeedFindingResult:
     missing: int | None = None
     unmatched_planned: list[int] = field(default_factory=list)   # indices of planned seeds with no seed near
     seconds: float = 0.0
+    appearance: SeedAppearance | None = None   # blur, slice profile and levels used, and where each came from
 
     @property
     def positions_mm(self) -> np.ndarray:
@@ -129,12 +174,17 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     this CT's LPS frame (a prior for splitting clusters, the fallback axis, migration). ``roi_mask``
     (array-shaped bool): search only there (e.g. the body). Raises InputError when no seed is found."""
     t0 = time.perf_counter()
-    s = settings
     arr = ct.array
     spacing = np.asarray(ct.spacing_mm, dtype=float)            # (si, sj, sk)
     thickness = float(ct.meta.get("slice_thickness_mm") or spacing[2])
+    # first pass with the caller's values, else the fallbacks; then the appearance is measured on this scan's
+    # isolated seeds and, where it differs from what the first pass used, the blobs are measured again with it
+    s = replace(settings,
+                threshold_hu=_given(settings.threshold_hu, FALLBACK_THRESHOLD_HU),
+                low_threshold_hu=_given(settings.low_threshold_hu, FALLBACK_LOW_THRESHOLD_HU),
+                scanner_blur_sigma_mm=_given(settings.scanner_blur_sigma_mm, FALLBACK_BLUR_SIGMA_MM),
+                slice_profile=_given(settings.slice_profile, FALLBACK_SLICE_PROFILE))
     thick = spacing[2] >= s.thick_slice_mm or thickness >= s.thick_slice_mm
-    psf_var = _psf_var(spacing, thickness, s)                   # image-mm axes (i, j, k)
 
     planned_img = None
     if planned_mm is not None and len(planned_mm):
@@ -145,27 +195,16 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     else:
         planned_axes_img = None
 
-    mask = arr > s.low_threshold_hu
-    if roi_mask is not None:
-        mask &= roi_mask
-    labels, n_low = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    # hysteresis: keep the low-threshold components that hold at least one voxel above the seed threshold
-    strong = np.unique(labels[(arr > s.threshold_hu) & mask])
-    strong = strong[strong > 0]
-    if len(strong) < n_low:
-        remap = np.zeros(n_low + 1, dtype=labels.dtype)
-        remap[strong] = np.arange(1, len(strong) + 1, dtype=labels.dtype)
-        labels = remap[labels]
-    n_blobs = len(strong)
-    if n_blobs == 0:
-        raise InputError(
-            f"post-implant CT {ct.series_uid or ''}: no voxel above {s.threshold_hu:.0f} HU "
-            f"(maximum {float(arr.max()):.0f} HU), so no seed can be found; check that this is the "
-            "post-implant scan (not the pre-plan CT) and that its HU scale is right")
-    objects = ndimage.find_objects(labels)
-    blobs = [b for lab, sl in enumerate(objects) for b in _measure_blob(arr, labels, lab + 1, sl, spacing, psf_var, s)]
-
+    blobs, n_blobs = _detect(ct, roi_mask, spacing, thickness, s)
     unit = _calibrate_unit([b["integral"] for b in blobs], expected)
+    appearance = estimate_appearance(arr, blobs, unit, spacing, thickness, settings, s)
+    s_est = replace(s, threshold_hu=appearance.threshold_hu, low_threshold_hu=appearance.low_threshold_hu,
+                    scanner_blur_sigma_mm=appearance.blur_sigma_mm, slice_profile=appearance.slice_profile)
+    if s_est != s:
+        s = s_est
+        blobs, n_blobs = _detect(ct, roi_mask, spacing, thickness, s)
+        unit = _calibrate_unit([b["integral"] for b in blobs], expected)
+    psf_var = _psf_var(spacing, thickness, s)                   # image-mm axes (i, j, k)
     if unit < s.min_seed_integral_hu_mm3:
         raise InputError(
             f"post-implant CT: the {len(blobs)} bright object(s) above {s.threshold_hu:.0f} HU are too faint for "
@@ -229,13 +268,45 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
                             f"({'fewer' if n_found < expected else 'more'}: "
                             f"{abs(n_found - expected)}); see 'missing' and 'migrated'")
     result = SeedFindingResult(seeds=seeds, expected=expected, blobs=len(keep), seed_integral_hu_cc=unit / 1000.0,
-                               warnings=warnings)
+                               warnings=warnings, appearance=appearance)
     if planned_mm is not None and len(planned_mm):
         _migration(result, np.asarray(planned_mm, float).reshape(-1, 3), s)
     if expected is not None:
         result.missing = max(0, int(expected) - n_found)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+# --- detection ------------------------------------------------------------------------------------------
+def _given(value, fallback):
+    return fallback if value is None else value
+
+
+def _detect(ct: Volume, roi_mask, spacing, thickness, s: SeedFindingSettings) -> tuple[list[dict], int]:
+    """Hysteresis-thresholded components of ``ct`` measured as blobs (``_measure_blob``); raises InputError
+    when nothing reaches ``threshold_hu``."""
+    arr = ct.array
+    psf_var = _psf_var(spacing, thickness, s)
+    mask = arr > s.low_threshold_hu
+    if roi_mask is not None:
+        mask &= roi_mask
+    labels, n_low = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    # hysteresis: keep the low-threshold components that hold at least one voxel above the seed threshold
+    strong = np.unique(labels[(arr > s.threshold_hu) & mask])
+    strong = strong[strong > 0]
+    if len(strong) < n_low:
+        remap = np.zeros(n_low + 1, dtype=labels.dtype)
+        remap[strong] = np.arange(1, len(strong) + 1, dtype=labels.dtype)
+        labels = remap[labels]
+    n_blobs = len(strong)
+    if n_blobs == 0:
+        raise InputError(
+            f"post-implant CT {ct.series_uid or ''}: no voxel above {s.threshold_hu:.0f} HU "
+            f"(maximum {float(arr.max()):.0f} HU), so no seed can be found; check that this is the "
+            "post-implant scan (not the pre-plan CT) and that its HU scale is right")
+    objects = ndimage.find_objects(labels)
+    blobs = [b for lab, sl in enumerate(objects) for b in _measure_blob(arr, labels, lab + 1, sl, spacing, psf_var, s)]
+    return blobs, n_blobs
 
 
 # --- per-blob measurement -------------------------------------------------------------------------------
@@ -344,6 +415,151 @@ def _calibrate_unit(integrals, expected) -> float:
         if len(singles) < 3 or unit > 1.4 * unit_expected:
             unit = unit_expected
     return unit
+
+
+# --- the seeds' appearance in this scan (issue #12) ------------------------------------------------------
+def estimate_appearance(arr, blobs, unit, spacing, thickness, given: SeedFindingSettings,
+                        used: SeedFindingSettings) -> SeedAppearance:
+    """Blur, slice profile and detection levels of this scan, measured on its isolated seeds (a component
+    holding one blob of about one seed's integral); ``given`` values win, ``used`` are the first pass's.
+
+    Only unclipped seeds are measured (their peak below 97 % of the clip, ``metal_appearance.detect_clip``),
+    and only when they are most of the isolated seeds: where seeds clip, blur and profile fall back.
+
+    - in-plane blur: across each of the brightest isolated seeds lying near the axial plane, the voxels of its
+      brightest slice along the straight part of its capsule are fitted with a Gaussian of the distance from
+      its axis (``_seed_cuts``); the median over seeds. The seed's 0.8 mm disc is not removed: on the
+      simulators (which render it inside one pixel) the fitted width is the PSF's within 0.03 mm.
+    - slice profile: the same seeds' per-slice excess over their footprint; the 10th percentile of the
+      brighter neighbour's share of the brightest slice (seeds centred in a slice) against what a box
+      (``disk_share`` of the seed's cross-section in the neighbour) and a Gaussian (FWHM = thickness) predict
+      for this spacing and thickness: Gaussian above ``gaussian_share_fraction`` of the way between them.
+      Decided only for slices of at least ``thick_slice_mm`` (where the z fit uses it).
+    - levels: tissue = median of the isolated seeds' backgrounds; the threshold half-way from tissue to the
+      dimmest isolated seeds' peak (5th percentile; when they clip, their contrast is unknown above the clip,
+      so the bound applies), within [tissue + 250, tissue + 660] HU: above noise and soft tissue, and never
+      above what a seed lying in one 5 mm slice still reaches (~1000 HU; the first pass only sees the seeds
+      its own threshold kept, so the measured dimmest may be brighter than the dimmest present). The low
+      (hysteresis) level keeps the fallbacks' ratio: tissue + 0.7 x (threshold - tissue).
+    """
+    dz = float(spacing[2])
+    by_label: dict[int, list[dict]] = {}
+    for b in blobs:
+        by_label.setdefault(b["label"], []).append(b)
+    iso = [g[0] for g in by_label.values() if len(g) == 1 and 0.7 * unit < g[0]["integral"] < 1.3 * unit]
+    clip = detect_clip(arr)
+    top = np.inf if clip is None else float(clip)
+    theory = used.seed_length_mm ** 2 / 12.0 - used.seed_diameter_mm ** 2 / 16.0
+    sigmas, shares = [], []
+    # clip-aware: a clipped seed's cut shows only the tail below the clip (where blooming dominates) and its
+    # brightest slice loses signal, inflating the neighbours' share; only unclipped seeds are measured, and
+    # only when most seeds are unclipped (else the unclipped few are the odd ones: straddling two slices)
+    unclipped = [q for q in iso if clip is None or q["peak_hu"] < 0.97 * clip]
+    if len(unclipped) < 0.5 * len(iso):
+        unclipped = []
+    for b in sorted(unclipped, key=lambda q: -q["peak_hu"]):
+        cov = _weighted_cov(b["pts"][:, :2], b["w"], b["centroid_img"][:2])
+        ev, evec = np.linalg.eigh(cov)
+        if ev[1] - ev[0] < 0.5 * theory:          # not lying near the axial plane: no clean in-plane cut
+            continue
+        got = _seed_cuts(arr, b, evec[:, 1], spacing, top, used)
+        if got is None:
+            continue
+        sig, share = got
+        if sig is not None and len(sigmas) < 20:
+            sigmas.append(sig)
+        if share is not None:
+            shares.append(share)
+    n_used = len(shares)
+
+    blur_meas = None
+    if len(sigmas) >= used.min_isolated_seeds:
+        blur_meas = float(np.median(sigmas))
+    if given.scanner_blur_sigma_mm is not None:
+        blur, blur_src = float(given.scanner_blur_sigma_mm), "setting"
+    elif blur_meas is not None:
+        blur, blur_src = blur_meas, "scan"
+    else:
+        blur, blur_src = FALLBACK_BLUR_SIGMA_MM, "fallback"
+
+    r_seed = 0.5 * used.seed_diameter_mm
+    box_share = float(disk_share(dz - 0.5 * thickness, dz + 0.5 * thickness, r_seed)
+                      / max(float(disk_share(-0.5 * thickness, 0.5 * thickness, r_seed)), 1e-9))
+    sz2 = (thickness / 2.3548) ** 2 + used.seed_diameter_mm ** 2 / 16.0
+    gauss_share = float(np.exp(-0.5 * dz ** 2 / sz2))
+    share = float(np.percentile(shares, 10)) if len(shares) >= used.min_isolated_seeds else None
+    if given.slice_profile is not None:
+        profile, prof_src = given.slice_profile, "setting"
+    elif share is not None and gauss_share - box_share > 0.01 and thickness >= used.thick_slice_mm:
+        cut = box_share + used.gaussian_share_fraction * (gauss_share - box_share)
+        profile, prof_src = ("gaussian" if share > cut else "box"), "scan"
+    else:   # too few unclipped seeds; both profiles predict the same share; or thin slices, where few seeds
+        # lie wholly inside one slice (the share then says little) and the profile is not used for z
+        profile, prof_src = FALLBACK_SLICE_PROFILE, "fallback"
+
+    tissue = peak = dim = None
+    if len(iso) >= used.min_isolated_seeds:
+        tissue = float(np.median([b["bg_hu"] for b in iso]))
+        peaks = np.array([b["peak_hu"] for b in iso])
+        peak, dim = float(np.median(peaks)), float(np.percentile(peaks, 5))
+    if given.threshold_hu is not None or given.low_threshold_hu is not None or tissue is None:
+        thr, low = used.threshold_hu, used.low_threshold_hu
+        thr_src = "fallback" if tissue is None and given.threshold_hu is None and given.low_threshold_hu is None \
+            else "setting"
+    else:
+        thr = float(np.clip(tissue + 0.5 * (dim - tissue), tissue + 250.0, tissue + 660.0))
+        low = tissue + 0.7 * (thr - tissue)
+        thr, low, thr_src = round(thr), round(low), "scan"
+    return SeedAppearance(blur_sigma_mm=blur, blur_source=blur_src, slice_profile=profile, profile_source=prof_src,
+                          threshold_hu=float(thr), low_threshold_hu=float(low), threshold_source=thr_src,
+                          seeds_used=n_used, blur_measured_mm=blur_meas, neighbour_share=share,
+                          box_share=box_share, gaussian_share=gauss_share, tissue_hu=tissue, seed_peak_hu=peak,
+                          dim_seed_peak_hu=dim, clip_hu=clip)
+
+
+def _seed_cuts(arr, b, e2, spacing, top, s) -> tuple[float | None, float | None] | None:
+    """For one isolated seed lying near the axial plane along in-plane direction ``e2``: the clipped-Gaussian
+    sigma (mm) across it in its brightest slice (None if the fit fails) and the brighter neighbouring slice's
+    share of that slice's excess over the seed's footprint (None at the volume's ends or when the seed is not
+    centred in a slice: its brightest slice must be the one its centroid lies in)."""
+    c = b["centroid_img"]
+    bg = b["bg_hu"]
+    nk, nj, ni = arr.shape
+    ci = c / spacing
+    ri, rj = math.ceil(3.5 / spacing[0]), math.ceil(3.5 / spacing[1])
+    i0, j0, k0 = round(ci[0]), round(ci[1]), round(ci[2])
+    if not (1 <= k0 < nk - 1 and ri <= i0 < ni - ri and rj <= j0 < nj - rj):
+        return None
+    sub = arr[k0 - 1:k0 + 2, j0 - rj:j0 + rj + 1, i0 - ri:i0 + ri + 1].astype(float) - bg
+    jj, ii = np.mgrid[j0 - rj:j0 + rj + 1, i0 - ri:i0 + ri + 1]
+    x, y = ii * spacing[0] - c[0], jj * spacing[1] - c[1]
+    along = x * e2[0] + y * e2[1]
+    r = -x * e2[1] + y * e2[0]
+    foot = (np.abs(along) < 0.5 * s.seed_length_mm) & (np.abs(r) < 1.5)
+    sums = sub[:, foot].sum(1)
+    share = None
+    if sums[1] > 0 and sums[1] >= max(sums[0], sums[2]):
+        share = float(max(sums[0], sums[2], 0.0) / sums[1])
+    kb = int(np.argmax(sums))
+    # the straight part of the capsule (its ends are hemispheres), a little short of it
+    sel = (np.abs(along) < 0.4 * (s.seed_length_mm - s.seed_diameter_mm)) & (np.abs(r) < 3.0)
+    rr, vv = r[sel], sub[kb][sel]
+    amp0 = float(vv.max())
+    core = vv >= 0.2 * amp0                   # the core: a blooming tail, where there is one, left out
+    if core.sum() < 5 or amp0 <= 0:
+        return None, share
+    rr, vv = rr[core], vv[core]
+    lim = top - bg
+    # a reconstruction samples the blurred image at the pixel centres (no pixel box): across the seed the cut is
+    # its disc's chord (variance D^2/16, close to a Gaussian's) blurred by the scanner, clipped at the clip level
+
+    def model(q):
+        return np.minimum(q[1] * np.exp(-0.5 * ((rr - q[0]) / q[2]) ** 2), lim) - vv
+    try:
+        fit = least_squares(model, [0.0, amp0 * 1.5, 0.5], bounds=([-1.0, 1.0, 0.15], [1.0, 1e6, 3.0]))
+    except ValueError:
+        return None, share
+    return (float(fit.x[2]) if fit.success else None), share
 
 
 def _merge_fragments(blobs, unit, s) -> list[dict]:

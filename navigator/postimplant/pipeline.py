@@ -315,6 +315,7 @@ def _result_json(plan: Plan, post_ct: Volume, found, expected, ev: Evaluation, p
         "unmatched_planned_seeds": [plan.seeds[j].id for j in found.unmatched_planned],
         "seed_finding": {"blobs": found.blobs, "seed_integral_hu_cc": round(found.seed_integral_hu_cc, 3),
                          "settings": dict(o.seed_finding.__dict__), "seconds": round(found.seconds, 3),
+                         "appearance": found.appearance.to_dict() if found.appearance else None,
                          "axis_from_needle": sum(s.axis_source == "needle" for s in found.seeds)},
         "comparison": _comparison(len(plan.seeds), preplan_metrics, n_found, metrics,
                                   n_found + len(ev.supplementary_mm), ev.supplementary["predicted_metrics"]),
