@@ -174,37 +174,61 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     this CT's LPS frame (a prior for splitting clusters, the fallback axis, migration). ``roi_mask``
     (array-shaped bool): search only there (e.g. the body). Raises InputError when no seed is found."""
     t0 = time.perf_counter()
-    arr = ct.array
     spacing = np.asarray(ct.spacing_mm, dtype=float)            # (si, sj, sk)
     thickness = float(ct.meta.get("slice_thickness_mm") or spacing[2])
-    # first pass with the caller's values, else the fallbacks; then the appearance is measured on this scan's
-    # isolated seeds and, where it differs from what the first pass used, the blobs are measured again with it
+    planned_img, planned_axes_img = _planned_in_image(ct, spacing, planned_mm, planned_axes)
+    blobs, n_blobs, unit, appearance, s = _calibrated_blobs(ct, roi_mask, spacing, thickness, settings, expected)
+    thick = spacing[2] >= s.thick_slice_mm or thickness >= s.thick_slice_mm
+    keep, warnings = _seed_blobs(ct, blobs, n_blobs, unit, spacing, s, expected)
+    seeds = _seeds_of(keep, ct, spacing, thickness, thick, planned_img, planned_axes_img, s)
+    warnings += _count_warnings(seeds, len(keep), spacing, expected)
+    result = SeedFindingResult(seeds=seeds, expected=expected, blobs=len(keep), seed_integral_hu_cc=unit / 1000.0,
+                               warnings=warnings, appearance=appearance)
+    if planned_mm is not None and len(planned_mm):
+        _migration(result, np.asarray(planned_mm, float).reshape(-1, 3), s)
+    if expected is not None:
+        result.missing = max(0, int(expected) - len(seeds))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _planned_in_image(ct: Volume, spacing: np.ndarray, planned_mm, planned_axes):
+    """The planned seeds and axes in image-mm axes (i, j, k), or None."""
+    if planned_mm is None or not len(planned_mm):
+        return None, None
+    planned_img = ct.lps_to_ijk(np.asarray(planned_mm, float).reshape(-1, 3)) * spacing
+    planned_axes_img = None
+    if planned_axes is not None:
+        planned_axes_img = np.asarray(planned_axes, float).reshape(-1, 3) @ ct.direction
+    return planned_img, planned_axes_img
+
+
+def _calibrated_blobs(ct: Volume, roi_mask, spacing: np.ndarray, thickness: float, settings: SeedFindingSettings,
+                      expected):
+    """The bright blobs and one seed's excess integral, measured with the settings the scan's own appearance
+    gives: a first pass with the caller's values, else the fallbacks; then the appearance is measured on this
+    scan's isolated seeds and, where it differs from what the first pass used, the blobs are measured again.
+    Returns ``(blobs, n_blobs, unit, appearance, settings used)``."""
     s = replace(settings,
                 threshold_hu=_given(settings.threshold_hu, FALLBACK_THRESHOLD_HU),
                 low_threshold_hu=_given(settings.low_threshold_hu, FALLBACK_LOW_THRESHOLD_HU),
                 scanner_blur_sigma_mm=_given(settings.scanner_blur_sigma_mm, FALLBACK_BLUR_SIGMA_MM),
                 slice_profile=_given(settings.slice_profile, FALLBACK_SLICE_PROFILE))
-    thick = spacing[2] >= s.thick_slice_mm or thickness >= s.thick_slice_mm
-
-    planned_img = None
-    if planned_mm is not None and len(planned_mm):
-        planned_img = ct.lps_to_ijk(np.asarray(planned_mm, float).reshape(-1, 3)) * spacing
-        planned_axes_img = None
-        if planned_axes is not None:
-            planned_axes_img = np.asarray(planned_axes, float).reshape(-1, 3) @ ct.direction
-    else:
-        planned_axes_img = None
-
     blobs, n_blobs = _detect(ct, roi_mask, spacing, thickness, s)
     unit = _calibrate_unit([b["integral"] for b in blobs], expected)
-    appearance = estimate_appearance(arr, blobs, unit, spacing, thickness, settings, s)
+    appearance = estimate_appearance(ct.array, blobs, unit, spacing, thickness, settings, s)
     s_est = replace(s, threshold_hu=appearance.threshold_hu, low_threshold_hu=appearance.low_threshold_hu,
                     scanner_blur_sigma_mm=appearance.blur_sigma_mm, slice_profile=appearance.slice_profile)
     if s_est != s:
         s = s_est
         blobs, n_blobs = _detect(ct, roi_mask, spacing, thickness, s)
         unit = _calibrate_unit([b["integral"] for b in blobs], expected)
-    psf_var = _psf_var(spacing, thickness, s)                   # image-mm axes (i, j, k)
+    return blobs, n_blobs, unit, appearance, s
+
+
+def _seed_blobs(ct: Volume, blobs: list, n_blobs: int, unit: float, spacing: np.ndarray, s: SeedFindingSettings,
+                expected) -> tuple[list, list[str]]:
+    """The blobs that are seeds, each with its seed count ``n``; warnings for bright objects left out."""
     if unit < s.min_seed_integral_hu_mm3:
         raise InputError(
             f"post-implant CT: the {len(blobs)} bright object(s) above {s.threshold_hu:.0f} HU are too faint for "
@@ -233,8 +257,13 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     for b in keep:
         b["n"] = max(1, int(round(b["ratio"])))
     _settle_counts(keep, expected)
+    return keep, warnings
 
-    seeds: list[FoundSeed] = []
+
+def _seeds_of(keep: list, ct: Volume, spacing: np.ndarray, thickness: float, thick: bool, planned_img,
+              planned_axes_img, s: SeedFindingSettings) -> list[FoundSeed]:
+    """Each seed blob split into its seeds: centre, axis and how sure."""
+    psf_var = _psf_var(spacing, thickness, s)                   # image-mm axes (i, j, k)
     recs = []
     for bi, b in enumerate(keep):
         for c_img, cov, _ in _split_blob(b, planned_img, psf_var, s):
@@ -245,9 +274,12 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
         r["axis"], r["reliable"] = _axis_from_cov(r["cov"], psf_var, thick, s, ab)
     if thick:
         _refine_z_thick(recs, spacing[2], thickness, s)
-    for r in recs:
-        seeds.append(_make_seed(r, ct, spacing, thick, planned_img, planned_axes_img))
+    return [_make_seed(r, ct, spacing, thick, planned_img, planned_axes_img) for r in recs]
 
+
+def _count_warnings(seeds: list[FoundSeed], n_blobs: int, spacing: np.ndarray, expected) -> list[str]:
+    """What the operator should know about the seeds' axes and their count against the expected one."""
+    warnings = []
     n_found = len(seeds)
     n_needle = sum(sd.axis_source == "needle" for sd in seeds)
     n_blind = sum(sd.axis_source == "image-z" for sd in seeds)
@@ -260,21 +292,14 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     if expected is not None and expected > 0:
         if n_found > 1.5 * expected + 3:
             warnings.append(
-                f"found {n_found} seeds but {expected} were expected ({len(keep)} bright blobs): far more "
+                f"found {n_found} seeds but {expected} were expected ({n_blobs} bright blobs): far more "
                 "than delivered; another patient's scan, metal clips or a wrong threshold? "
                 "Review the seed list before trusting the dose")
         elif n_found != expected:
             warnings.append(f"found {n_found} seeds, expected {expected} "
                             f"({'fewer' if n_found < expected else 'more'}: "
                             f"{abs(n_found - expected)}); see 'missing' and 'migrated'")
-    result = SeedFindingResult(seeds=seeds, expected=expected, blobs=len(keep), seed_integral_hu_cc=unit / 1000.0,
-                               warnings=warnings, appearance=appearance)
-    if planned_mm is not None and len(planned_mm):
-        _migration(result, np.asarray(planned_mm, float).reshape(-1, 3), s)
-    if expected is not None:
-        result.missing = max(0, int(expected) - n_found)
-    result.seconds = time.perf_counter() - t0
-    return result
+    return warnings
 
 
 # --- detection ------------------------------------------------------------------------------------------
@@ -442,7 +467,20 @@ def estimate_appearance(arr, blobs, unit, spacing, thickness, given: SeedFinding
       its own threshold kept, so the measured dimmest may be brighter than the dimmest present). The low
       (hysteresis) level keeps the fallbacks' ratio: tissue + 0.7 x (threshold - tissue).
     """
-    dz = float(spacing[2])
+    iso, clip, sigmas, shares = _isolated_seed_cuts(arr, blobs, unit, spacing, used)
+    blur, blur_src, blur_meas = _blur_of(sigmas, given, used)
+    profile, prof_src, share, box_share, gauss_share = _profile_of(shares, spacing, thickness, given, used)
+    thr, low, thr_src, tissue, peak, dim = _levels_of(iso, given, used)
+    return SeedAppearance(blur_sigma_mm=blur, blur_source=blur_src, slice_profile=profile, profile_source=prof_src,
+                          threshold_hu=float(thr), low_threshold_hu=float(low), threshold_source=thr_src,
+                          seeds_used=len(shares), blur_measured_mm=blur_meas, neighbour_share=share,
+                          box_share=box_share, gaussian_share=gauss_share, tissue_hu=tissue, seed_peak_hu=peak,
+                          dim_seed_peak_hu=dim, clip_hu=clip)
+
+
+def _isolated_seed_cuts(arr, blobs, unit, spacing, used: SeedFindingSettings):
+    """The isolated seeds (one blob of about one seed's integral in its component), the clip level, and the
+    in-plane blur and neighbour-slice share measured on the brightest unclipped ones lying near the axial plane."""
     by_label: dict[int, list[dict]] = {}
     for b in blobs:
         by_label.setdefault(b["label"], []).append(b)
@@ -470,18 +508,23 @@ def estimate_appearance(arr, blobs, unit, spacing, thickness, given: SeedFinding
             sigmas.append(sig)
         if share is not None:
             shares.append(share)
-    n_used = len(shares)
+    return iso, clip, sigmas, shares
 
-    blur_meas = None
-    if len(sigmas) >= used.min_isolated_seeds:
-        blur_meas = float(np.median(sigmas))
+
+def _blur_of(sigmas: list, given: SeedFindingSettings, used: SeedFindingSettings):
+    """``(blur sigma mm, its source, the measured value or None)``: a given setting, else the scan's, else the
+    fallback."""
+    blur_meas = float(np.median(sigmas)) if len(sigmas) >= used.min_isolated_seeds else None
     if given.scanner_blur_sigma_mm is not None:
-        blur, blur_src = float(given.scanner_blur_sigma_mm), "setting"
-    elif blur_meas is not None:
-        blur, blur_src = blur_meas, "scan"
-    else:
-        blur, blur_src = FALLBACK_BLUR_SIGMA_MM, "fallback"
+        return float(given.scanner_blur_sigma_mm), "setting", blur_meas
+    if blur_meas is not None:
+        return blur_meas, "scan", blur_meas
+    return FALLBACK_BLUR_SIGMA_MM, "fallback", blur_meas
 
+
+def _profile_of(shares: list, spacing, thickness: float, given: SeedFindingSettings, used: SeedFindingSettings):
+    """``(slice profile, its source, measured share, box share, Gaussian share)``."""
+    dz = float(spacing[2])
     r_seed = 0.5 * used.seed_diameter_mm
     box_share = float(disk_share(dz - 0.5 * thickness, dz + 0.5 * thickness, r_seed)
                       / max(float(disk_share(-0.5 * thickness, 0.5 * thickness, r_seed)), 1e-9))
@@ -489,32 +532,30 @@ def estimate_appearance(arr, blobs, unit, spacing, thickness, given: SeedFinding
     gauss_share = float(np.exp(-0.5 * dz ** 2 / sz2))
     share = float(np.percentile(shares, 10)) if len(shares) >= used.min_isolated_seeds else None
     if given.slice_profile is not None:
-        profile, prof_src = given.slice_profile, "setting"
+        profile, src = given.slice_profile, "setting"
     elif share is not None and gauss_share - box_share > 0.01 and thickness >= used.thick_slice_mm:
         cut = box_share + used.gaussian_share_fraction * (gauss_share - box_share)
-        profile, prof_src = ("gaussian" if share > cut else "box"), "scan"
+        profile, src = ("gaussian" if share > cut else "box"), "scan"
     else:   # too few unclipped seeds; both profiles predict the same share; or thin slices, where few seeds
         # lie wholly inside one slice (the share then says little) and the profile is not used for z
-        profile, prof_src = FALLBACK_SLICE_PROFILE, "fallback"
+        profile, src = FALLBACK_SLICE_PROFILE, "fallback"
+    return profile, src, share, box_share, gauss_share
 
+
+def _levels_of(iso: list, given: SeedFindingSettings, used: SeedFindingSettings):
+    """``(threshold HU, low threshold HU, source, tissue HU, seed peak HU, dimmest seed peak HU)``."""
     tissue = peak = dim = None
     if len(iso) >= used.min_isolated_seeds:
         tissue = float(np.median([b["bg_hu"] for b in iso]))
         peaks = np.array([b["peak_hu"] for b in iso])
         peak, dim = float(np.median(peaks)), float(np.percentile(peaks, 5))
     if given.threshold_hu is not None or given.low_threshold_hu is not None or tissue is None:
-        thr, low = used.threshold_hu, used.low_threshold_hu
-        thr_src = "fallback" if tissue is None and given.threshold_hu is None and given.low_threshold_hu is None \
+        src = "fallback" if tissue is None and given.threshold_hu is None and given.low_threshold_hu is None \
             else "setting"
-    else:
-        thr = float(np.clip(tissue + 0.5 * (dim - tissue), tissue + 250.0, tissue + 660.0))
-        low = tissue + 0.7 * (thr - tissue)
-        thr, low, thr_src = round(thr), round(low), "scan"
-    return SeedAppearance(blur_sigma_mm=blur, blur_source=blur_src, slice_profile=profile, profile_source=prof_src,
-                          threshold_hu=float(thr), low_threshold_hu=float(low), threshold_source=thr_src,
-                          seeds_used=n_used, blur_measured_mm=blur_meas, neighbour_share=share,
-                          box_share=box_share, gaussian_share=gauss_share, tissue_hu=tissue, seed_peak_hu=peak,
-                          dim_seed_peak_hu=dim, clip_hu=clip)
+        return used.threshold_hu, used.low_threshold_hu, src, tissue, peak, dim
+    thr = float(np.clip(tissue + 0.5 * (dim - tissue), tissue + 250.0, tissue + 660.0))
+    low = tissue + 0.7 * (thr - tissue)
+    return round(thr), round(low), "scan", tissue, peak, dim
 
 
 def _seed_cuts(arr, b, e2, spacing, top, s) -> tuple[float | None, float | None] | None:
