@@ -10,26 +10,11 @@
 Pages are built from results, never from another page. Geometry is LPS mm, doses Gy (total dose).
 """
 
-from navigator.report.pages import (
-                                    PlanImages,
-                                    PostimplantImages,
-                                    PostimplantScan,
-                                    implant_picture,
-                                    needles_page,
-                                    plan_page,
-                                    postimplant_page,
-                                    rehearsal_page,
-)
-from navigator.report.render3d import render_implant_png
+from navigator._lazy import lazy_api
 
-__all__ = [
-                                    "PlanImages",
-                                    "PostimplantImages",
-                                    "PostimplantScan",
-                                    "implant_picture",
-                                    "needles_page",
-                                    "plan_page",
-                                    "postimplant_page",
-                                    "rehearsal_page",
-                                    "render_implant_png",
-]
+# Loaded on first use, like every package's API: importing the HTML kit alone must not pay for matplotlib.
+__getattr__, __dir__, __all__ = lazy_api(__name__, {
+    "PlanImages": "pages", "PostimplantImages": "pages", "PostimplantScan": "pages", "implant_picture": "pages",
+    "needles_page": "pages", "plan_page": "pages", "postimplant_page": "pages", "rehearsal_page": "pages",
+    "render_implant_png": "render3d",
+})

@@ -7,22 +7,10 @@ need) and returns the page's text; the caller writes the file.
 - ``rehearsal_page(result, steps, plan, PlanImages, [PostimplantScan], scene_png)``: a rehearsal's report.html.
 """
 
-from navigator.report.pages.needles import needles_page
-from navigator.report.pages.plan import PlanImages, plan_page
-from navigator.report.pages.postimplant import PostimplantImages, postimplant_page
-from navigator.report.pages.rehearsal import (
-           PostimplantScan,
-           implant_picture,
-           rehearsal_page,
-)
+from navigator._lazy import lazy_api
 
-__all__ = [
-           "PlanImages",
-           "PostimplantImages",
-           "PostimplantScan",
-           "implant_picture",
-           "needles_page",
-           "plan_page",
-           "postimplant_page",
-           "rehearsal_page",
-]
+__getattr__, __dir__, __all__ = lazy_api(__name__, {
+    "needles_page": "needles", "PlanImages": "plan", "plan_page": "plan", "PostimplantImages": "postimplant",
+    "postimplant_page": "postimplant", "PostimplantScan": "rehearsal", "implant_picture": "rehearsal",
+    "rehearsal_page": "rehearsal",
+})
