@@ -25,6 +25,9 @@ COMMANDS = {
     "postimplant": "find the seeds, compute the delivered dose, cold spots, supplementary seeds",
     "serve": "the live session in the CT suite: DICOM in, steps as scans arrive, console and API, OpenIGTLink",
     "users": "console accounts for `navigator serve` (users add NAME --role ROLE --users FILE)",
+    "replan": "intraoperative re-plan: keep the needles where they were found, re-optimise the seeds on them",
+    "robustness": "robustness preview: the plan's metrics under random needle placement errors (Dask)",
+    "cohort": "re-analyse many post-implant studies: delivered dose of each, then dose-response (Dask)",
 }
 
 
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except NavigatorError as exc:
         sys.stderr.write(f"navigator {args._module}: {exc}\n")
+        for note in getattr(exc, "__notes__", ()):
+            sys.stderr.write(f"{note}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"navigator {args._module}: interrupted; outputs written so far are kept.\n")

@@ -27,5 +27,24 @@ def write_text(path, text: str) -> Path:
     return path
 
 
+def strict(value):
+    """The value with every non-finite float (NaN, +-Infinity) as None: JSON has no such tokens, and a
+    number that is not a number is absent (``null``), never a token other tools cannot parse."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def dumps(data) -> str:
+    """Strict JSON text (RFC 8259: no NaN or Infinity tokens) of results holding numpy values."""
+    return json.dumps(strict(data), indent=2, default=json_default, allow_nan=False)
+
+
 def write_json(path, data: dict) -> Path:
-    return write_text(path, json.dumps(data, indent=2, default=json_default))
+    return write_text(path, dumps(data))

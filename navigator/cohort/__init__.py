@@ -1,0 +1,1 @@
+"""Cohort re-analysis: the delivered dose of many past implants from a PACS export, and what it predicts."""
