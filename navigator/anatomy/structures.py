@@ -218,6 +218,44 @@ def mask_of(name: str, structure_or_mask, ct: Volume) -> np.ndarray:
     return structure_mask(structure_or_mask, ct)
 
 
+def beyond_ct_mm(structure, ct: Volume) -> float:
+    """How far (mm) the structure's contours reach beyond the CT's scanned volume (0 when wholly inside)."""
+    if not getattr(structure, "contours", None):
+        return 0.0
+    pts = np.concatenate(structure.contours)
+    ijk = ct.lps_to_ijk(pts)
+    hi = np.array(ct.shape_ijk, dtype=float) - 0.5
+    over_vox = np.maximum(np.maximum(-0.5 - ijk, ijk - hi), 0.0)
+    return float((over_vox * np.abs(np.asarray(ct.spacing_mm, dtype=float))).max())
+
+
+def contour_warnings(structures: dict, ct: Volume, names=None) -> list[str]:
+    """Plain-language warnings about what a mask of each structure leaves out: contours that cannot make a
+    mask (OPEN_PLANAR, POINT, fewer than 3 points) and contours beyond the CT (the mask is cut to the CT)."""
+    out = []
+    for name in (structures if names is None else names):
+        s = structures.get(name)
+        if s is None:
+            continue
+        if s.skipped_contours:
+            out.append(f"structure '{name}': {s.skipped_contours} contour(s) are not closed polygons of 3 or more "
+                       "points (OPEN_PLANAR, POINT or 2-point lines) and are not part of its volume")
+        beyond = beyond_ct_mm(s, ct)
+        if beyond > 0.0 and s.contours:
+            out.append(f"structure '{name}' reaches {beyond:.1f} mm beyond the CT's scanned volume; its volume "
+                       "here is cut to the CT")
+    return out
+
+
+def check_target_inside_ct(name: str, structure, ct: Volume, tolerance_mm: float = 0.5) -> None:
+    """``StructureError`` when a target reaches beyond the CT: a plan would cover only part of it."""
+    beyond = beyond_ct_mm(structure, ct)
+    if beyond > tolerance_mm:
+        raise StructureError(f"target '{name}' reaches {beyond:.1f} mm beyond the CT's scanned volume: a plan on "
+                             "this CT would cover only part of it; scan the whole node (a longer range) or "
+                             "correct the contours")
+
+
 # --- margins and volumes ------------------------------------------------------------------------------------
 def _spacing_kji(grid: Volume) -> tuple[float, float, float]:
     # numpy (k, j, i) order meets Volume.spacing_mm (i, j, k) order here.

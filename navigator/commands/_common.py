@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import math
 import os
 import shutil
 import sys
@@ -11,15 +13,65 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from navigator.errors import ClinicalCheckFailed, InputError
+from navigator.errors import ClinicalCheckFailed, InputError, RegistrationError
 from navigator.io.files import dumps
+
+
+def number(lo: float, hi: float, unit: str = "", *, above: bool = False, integer: bool = False,
+           hint: str = ""):
+    """An argparse ``type`` that checks an option once where it enters: a finite number (a whole one with
+    ``integer``) from ``lo`` (exclusive with ``above``) to ``hi``; otherwise exit 2 with the allowed range.
+
+        p.add_argument("--dose-grid-mm", type=number(0.25, 5.0, "mm"))
+    """
+    kind = "whole number" if integer else "number"
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind}; give a {kind} "
+                                             f"{_range(lo, hi, unit, above)}{hint}") from None
+        if not math.isfinite(value) or value < lo or (above and value == lo) or value > hi:
+            raise argparse.ArgumentTypeError(f"{text} {unit}".rstrip() + f" is out of range; give a {kind} "
+                                             f"{_range(lo, hi, unit, above)}{hint}")
+        return value
+
+    parse.__name__ = kind  # argparse names the type in its own messages
+    return parse
+
+
+def _range(lo, hi, unit, above) -> str:
+    u = f" {unit}" if unit else ""
+    if above and lo == 0:
+        return f"that is positive, up to {hi:g}{u}"
+    return f"{'above' if above else 'from'} {lo:g}{u if above else ''} {'and up to' if above else 'to'} {hi:g}{u}"
+
+
+def add_ct_option(parser, option: str, help_text: str, required: bool = True) -> None:
+    """``--ct DIR`` and its ``--ct-series-uid UID`` (which series, when the folder holds several)."""
+    parser.add_argument(option, required=required, metavar="DIR", help=help_text)
+    parser.add_argument(f"{option}-series-uid", metavar="UID", default=None,
+                        help=f"the SeriesInstanceUID to load when the {option} folder holds more than one series")
+
+
+def read_ct(args, option: str):
+    """The CT series of ``option`` (e.g. ``"--preplan-ct"``), picked by its ``-series-uid`` when given."""
+    from navigator.io.dicom import load_ct_series
+
+    dest = option.lstrip("-").replace("-", "_")
+    return load_ct_series(getattr(args, dest), series_uid=getattr(args, f"{dest}_series_uid", None),
+                          series_option=f"{option}-series-uid")
 
 
 def add_strength_options(parser, prefix: str = "--seed-") -> None:
     g = parser.add_mutually_exclusive_group()
-    g.add_argument(f"{prefix}activity-mci", type=float, dest="activity_mci", help="apparent activity per seed, mCi")
-    g.add_argument(f"{prefix}activity-mbq", type=float, dest="activity_mbq", help="apparent activity per seed, MBq")
-    g.add_argument(f"{prefix}sk-u", type=float, dest="sk_u", help="air-kerma strength per seed, U")
+    g.add_argument(f"{prefix}activity-mci", type=number(0, 20, "mCi", above=True), dest="activity_mci",
+                   help="apparent activity per seed, mCi")
+    g.add_argument(f"{prefix}activity-mbq", type=number(0, 740, "MBq", above=True), dest="activity_mbq",
+                   help="apparent activity per seed, MBq")
+    g.add_argument(f"{prefix}sk-u", type=number(0, 25, "U", above=True), dest="sk_u",
+                   help="air-kerma strength per seed, U")
 
 
 def add_output_options(parser, out_required: bool = True) -> None:
@@ -39,9 +91,10 @@ def out_dir(args) -> Path:
 @contextlib.contextmanager
 def staged_out(args, produces: tuple[str, ...]) -> Iterator[Path]:
     """All or nothing on disk: the command writes into a temporary folder beside ``--out``; when it finishes
-    (or fails only a clinical check, exit 3, whose JSON the contract keeps) its outputs replace those of any
-    earlier run in ``--out`` and the earlier run's outputs named in ``produces`` that this run did not write
-    are removed, so ``--out`` never describes two runs. On any other failure ``--out`` is left as it was.
+    (or ends in a finding whose record the contract keeps: a failed clinical check, exit 3, or a refused
+    registration with its registration.json) its outputs replace those of any earlier run in ``--out`` and the
+    earlier run's outputs named in ``produces`` that this run did not write are removed, so ``--out`` never
+    describes two runs. On any other failure ``--out`` is left as it was.
 
         with staged_out(args, ("plan.json", "RTPLAN.dcm")) as out:
             write_json(out / "plan.json", ...)
@@ -55,7 +108,7 @@ def staged_out(args, produces: tuple[str, ...]) -> Iterator[Path]:
                          "choose a writable folder") from None
     try:
         yield stage
-    except ClinicalCheckFailed:
+    except (ClinicalCheckFailed, RegistrationError):
         _commit(stage, final, produces)
         raise
     except BaseException as exc:
@@ -87,6 +140,13 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def warn(command: str, warnings: list[str]) -> list[str]:
+    """Each warning on stderr (``navigator plan: warning: ...``); the list, for the command's JSON."""
+    for w in warnings:
+        sys.stderr.write(f"navigator {command}: warning: {w}\n")
+    return list(warnings)
 
 
 def emit(args, data: dict, summary: str) -> None:

@@ -17,7 +17,7 @@ from navigator.session.journal import Journal
 from navigator.delivery.ledger import SeedLedger
 from navigator.core.plan import Plan
 from navigator.wiring import open_applicator
-from navigator.commands._common import Progress, emit
+from navigator.commands._common import Progress, emit, number
 from navigator.io import write_json
 
 
@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--journal", required=True, metavar="FILE", help="session journal (session.jsonl), appended")
     parser.add_argument("--simulate-operator", action="store_true",
                         help="rehearsal: dock the applicator through the simulator's SIM verbs")
-    parser.add_argument("--dock-timeout-s", type=float, default=600.0,
+    parser.add_argument("--dock-timeout-s", type=number(0, 86400, "s", above=True), default=600.0,
                         help="how long to wait for the operator to dock on each needle, s (default 600)")
     parser.add_argument("--repair-journal", action="store_true",
                         help="cut off a torn last journal line (after a power loss) and resume")

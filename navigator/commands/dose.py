@@ -23,23 +23,26 @@ from navigator.physics import dose as dose_engine
 from navigator.physics import dvh, tg43
 from navigator.errors import InputError
 from navigator.core.volume import Volume, grid_volume
-from navigator.commands._common import Progress, add_output_options, add_strength_options, emit, out_dir
+from navigator.commands._common import Progress, add_ct_option, add_output_options, add_strength_options, emit, number, read_ct, staged_out, warn
 from navigator.io import write_json
 
 GRID_MARGIN_MM = 20.0
 MAX_VOXELS = 6e7  # ~0.5 GB of float64 work arrays
 
 
+PRODUCES = ('dose.json', 'RTDOSE.dcm')  # every output; an earlier run's are replaced or removed
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--seeds", required=True, metavar="FILE.csv", help="seed list: x_mm,y_mm,z_mm[,ux,uy,uz]")
     parser.add_argument("--model", required=True, help=f"seed model: {', '.join(tg43.known_models())}")
     add_strength_options(parser)
-    parser.add_argument("--ct", metavar="DIR", help="CT series folder: dose on its grid, in its frame")
+    add_ct_option(parser, "--ct", "CT series folder: dose on its grid, in its frame", required=False)
     parser.add_argument("--structures", metavar="RS.dcm", help="RT Structure Set on that CT (needs --ct)")
     parser.add_argument("--target", help="target structure name for the plan metrics (needs --rx-gy)")
-    parser.add_argument("--rx-gy", type=float, help="prescription dose, Gy (needs --target)")
+    parser.add_argument("--rx-gy", type=number(0, 1000, "Gy", above=True), help="prescription dose, Gy (needs --target)")
     parser.add_argument("--oar", action="append", default=None, help="organ at risk structure name (repeatable)")
-    parser.add_argument("--grid-mm", type=float, default=1.0, help="dose grid step without --ct, mm (default 1)")
+    parser.add_argument("--grid-mm", type=number(0.25, 5, "mm"), default=1.0, help="dose grid step without --ct, mm (default 1)")
     add_output_options(parser)
 
 
@@ -96,9 +99,8 @@ def read_seed_csv(path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _dose_grid(args, seeds_mm) -> tuple[Volume, Volume | None]:
     if args.ct:
-        from navigator.io.dicom import load_ct_series
 
-        ct = load_ct_series(args.ct)
+        ct = read_ct(args, "--ct")
         # not a grid over a box (``grid_volume``): the dose goes on the CT's own voxels, so the RT Dose
         # overlays the given series voxel for voxel
         grid = Volume(array=np.zeros(ct.array.shape, np.float32), origin_mm=ct.origin_mm, spacing_mm=ct.spacing_mm,
@@ -126,12 +128,15 @@ def _dose_grid(args, seeds_mm) -> tuple[Volume, Volume | None]:
     return grid_volume(lo, hi, args.grid_mm), None
 
 
-def _metrics(args, dose_vol: Volume, ct: Volume) -> dict:
+def _metrics(args, dose_vol: Volume, ct: Volume, warnings: list[str]) -> dict:
     from navigator.anatomy.structures import structure_fraction
     from navigator.core.structure import get_structure
     from navigator.io.dicom import read_structure_set
 
     structures = read_structure_set(args.structures, ct=ct)
+    from navigator.anatomy.structures import contour_warnings
+
+    warnings.extend(warn("dose", contour_warnings(structures, ct)))
     if args.target:
         target = get_structure(structures, args.target)
         oar_names = args.oar if args.oar is not None else [n for n in structures if structures[n] is not target]
@@ -147,6 +152,11 @@ def _metrics(args, dose_vol: Volume, ct: Volume) -> dict:
 
 
 def run(args) -> int:
+    with staged_out(args, PRODUCES) as out:
+        return _run(args, out, Path(args.out))
+
+
+def _run(args, out: Path, final: Path) -> int:
     if bool(args.ct) != bool(args.structures) and args.structures:
         raise InputError("--structures needs --ct (the structures are placed on that CT's grid and frame)")
     if (args.target is None) != (args.rx_gy is None):
@@ -156,7 +166,6 @@ def run(args) -> int:
     model = tg43.load_seed_model(args.model)
     sk_u = tg43.sk_u_from(activity_mci=args.activity_mci, activity_mbq=args.activity_mbq, sk_u=args.sk_u)
     seeds_mm, axes = read_seed_csv(args.seeds)
-    out = out_dir(args)
     progress = Progress(enabled=not args.json)
 
     grid, ct = _dose_grid(args, seeds_mm)
@@ -179,7 +188,8 @@ def run(args) -> int:
     }
     if args.structures:
         progress.step("structure metrics")
-        result["metrics"] = _metrics(args, dose_vol, ct)
+        result["warnings"] = []
+        result["metrics"] = _metrics(args, dose_vol, ct, result["warnings"])
 
     from navigator.io.dicom import write_rtdose
 
@@ -190,5 +200,5 @@ def run(args) -> int:
     if "metrics" in result and "D90_gy" in result["metrics"]:
         m = result["metrics"]
         summary += f"\n{args.target}: {m['ctv_cc']:.2f} cc, D90 {m['D90_gy']:.1f} Gy, V100 {m['V100_pct']:.1f} %"
-    emit(args, result, summary + f"\nwritten: {out / 'dose.json'}, {out / 'RTDOSE.dcm'}")
+    emit(args, result, summary + f"\nwritten: {final / 'dose.json'}, {final / 'RTDOSE.dcm'}")
     return 0

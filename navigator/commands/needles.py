@@ -15,20 +15,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from navigator.errors import ClinicalCheckFailed, InputError, RegistrationError
-from navigator.commands._common import Progress, add_output_options, emit, out_dir
+from navigator.commands._common import Progress, add_ct_option, add_output_options, emit, number, read_ct, staged_out
 from navigator.io import write_json
+
+
+PRODUCES = ('registration.json', 'needles.json', 'needles.html')  # every output; an earlier run's are replaced or removed
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--plan", required=True, metavar="plan.json", help="the pre-plan (navigator plan)")
-    parser.add_argument("--preplan-ct", required=True, metavar="DIR", help="the CT series the plan was made on")
-    parser.add_argument("--ct", required=True, metavar="DIR", help="the intraop CT series with the needles")
-    parser.add_argument("--tolerance-mm", type=float, default=2.0, help="tip error tolerance, mm (default 2)")
+    add_ct_option(parser, "--preplan-ct", "the CT series the plan was made on")
+    add_ct_option(parser, "--ct", "the intraop CT series with the needles")
+    parser.add_argument("--tolerance-mm", type=number(0, 20, "mm", above=True), default=2.0, help="tip error tolerance, mm (default 2)")
     parser.add_argument("--structures", metavar="RS.dcm", help="RT Structure Set with the CTV (default: beside plan)")
     parser.add_argument("--ctv", default="CTV", help="CTV structure name (default CTV)")
     parser.add_argument("--registration", metavar="registration.json",
                         help="use this registration (navigator register) instead of registering again")
-    parser.add_argument("--metal-hu", type=float, default=None, help="needle metal threshold, HU (1500)")
+    parser.add_argument("--metal-hu", type=number(300, 30000, "HU"), default=None, help="needle metal threshold, HU (1500)")
     parser.add_argument("--needles", metavar="ID,ID,...",
                         help="check only these needles (those inserted so far); the dose impact still uses every "
                              "planned seed")
@@ -36,19 +39,22 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    with staged_out(args, PRODUCES) as out:
+        return _run(args, out, Path(args.out))
+
+
+def _run(args, out: Path, final: Path) -> int:
     from navigator.core.plan import Plan
     from navigator.intraop.check import CheckOptions, check_inputs, check_needles, ctv_points, register_to_plan
-    from navigator.io.dicom import load_ct_series
 
     wanted = tuple(v.strip() for v in args.needles.split(",") if v.strip()) if args.needles else None
     options = CheckOptions(tolerance_mm=args.tolerance_mm, metal_hu=args.metal_hu, needle_ids=wanted)
     prog = Progress(enabled=not args.json)
-    out = out_dir(args)
     plan = Plan.load(args.plan)
     prog.step(f"loading the pre-plan CT {args.preplan_ct}")
-    pre = load_ct_series(args.preplan_ct)
+    pre = read_ct(args, "--preplan-ct")
     prog.step(f"loading the intraop CT {args.ct}")
-    ct = load_ct_series(args.ct)
+    ct = read_ct(args, "--ct")
     check_inputs(plan, pre, ct, plan_name=f"--plan {args.plan}", preplan_name=f"--preplan-ct {args.preplan_ct}",
                  intraop_name=f"--ct {args.ct}")
 
@@ -80,24 +86,20 @@ def run(args) -> int:
                                        f"{d.depth_mm:+.1f}, angle {d.angle_deg:.1f} deg) " if d.found else "")
              + d.advice for d in devs]
     emit(args, data, "\n".join(lines) + f"\n{len(out_of_tol)} of {len(devs)} needles need action; "
-                                        f"wrote {out / 'needles.json'} and {out / 'needles.html'}")
+                                        f"wrote {final / 'needles.json'} and {final / 'needles.html'}")
     if out_of_tol:
         raise ClinicalCheckFailed(
             f"{len(out_of_tol)} of {len(devs)} needles are out of the {args.tolerance_mm:g} mm tolerance or not found ("
-            + ", ".join(d.needle_id for d in out_of_tol) + f"); see {out / 'needles.json'} for the advice")
+            + ", ".join(d.needle_id for d in out_of_tol) + f"); see {final / 'needles.json'} for the advice")
     return 0
 
 
 def _read_registration(path, pre):
-    import json
-
+    from navigator.core.models import RegistrationFile, load
     from navigator.imaging.registration import RegistrationResult
 
-    try:
-        reg = RegistrationResult.from_json(json.loads(Path(path).read_text()))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--registration {path}: cannot read it ({exc}); "
-                         "give the registration.json written by `navigator register`") from None
+    _, raw = load(RegistrationFile, path, "--registration")
+    reg = RegistrationResult.from_json(raw)
     if reg.fixed_frame_of_reference_uid and reg.fixed_frame_of_reference_uid != pre.frame_of_reference_uid:
         raise InputError(f"--registration {path} was made from frame of reference "
                          f"{reg.fixed_frame_of_reference_uid}, not the pre-plan CT's {pre.frame_of_reference_uid}")

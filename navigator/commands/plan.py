@@ -8,6 +8,8 @@ written but misses one (named on stderr), 2 on bad input.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datetime as _dt
 import sys
 import time
@@ -15,25 +17,28 @@ import time
 import numpy as np
 
 from navigator.errors import InputError, PlanError
-from navigator.commands._common import Progress, add_output_options, add_strength_options, emit, out_dir
+from navigator.commands._common import Progress, add_ct_option, add_output_options, add_strength_options, emit, number, read_ct, staged_out, warn
 from navigator.io import write_json
 
 
+PRODUCES = ('plan.json', 'RTPLAN.dcm', 'RTSTRUCT.dcm', 'RTDOSE.dcm', 'plan.html')  # every output; an earlier run's are replaced or removed
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--ct", required=True, help="folder of the planning CT series (DICOM)")
+    add_ct_option(p, "--ct", "folder of the planning CT series (DICOM)")
     p.add_argument("--structures", required=True, help="RT Structure Set (RS.dcm) drawn on that CT")
     p.add_argument("--target", required=True, help="name of the target structure (e.g. GTV); CTV = target + margin")
     p.add_argument("--oar", action="append", default=None, metavar="NAME",
                    help="organ at risk (repeat); default: every structure that is not a target, skin or body")
-    p.add_argument("--rx-gy", type=float, required=True, help="prescription dose to the CTV (Gy, total dose)")
+    p.add_argument("--rx-gy", type=number(0, 1000, "Gy", above=True), required=True, help="prescription dose to the CTV (Gy, total dose)")
     p.add_argument("--seed-model", required=True, help="seed model: 6711 or IAI-125A")
     add_strength_options(p)
     p.add_argument("--oar-limit", action="append", default=None, metavar="NAME=GY",
                    help="D0.1cc limit of an OAR in Gy, replacing the default for its class (repeat)")
-    p.add_argument("--margin-mm", type=float, default=5.0, help="CTV margin around the target (mm, default 5)")
-    p.add_argument("--min-skin-depth-mm", type=float, default=10.0,
+    p.add_argument("--margin-mm", type=number(0, 30, "mm"), default=5.0, help="CTV margin around the target (mm, default 5)")
+    p.add_argument("--min-skin-depth-mm", type=number(0, 50, "mm"), default=10.0,
                    help="seeds at least this deep below the skin (mm, default 10)")
-    p.add_argument("--dose-grid-mm", type=float, default=None, help="dose grid spacing (mm; default 1, coarser for big targets)")
+    p.add_argument("--dose-grid-mm", type=number(0.25, 5, "mm"), default=None, help="dose grid spacing (mm; default 1, coarser for big targets)")
     p.add_argument("--seed-calibration-date", default=None, metavar="YYYYMMDD",
                    help="date of the seed strength given (the vendor's calibration certificate); the dose is then "
                         "computed with that strength decayed to --implant-date (I-125, T1/2 59.4 d)")
@@ -45,32 +50,36 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    with staged_out(args, PRODUCES) as out:
+        return _run(args, out, Path(args.out))
+
+
+def _run(args, out: Path, final: Path) -> int:
     from navigator.physics import tg43
-    from navigator.io.dicom import load_ct_series
     from navigator.planning.pipeline import PlanOptions, make_plan
     from navigator.io.dicom import read_structure_set
 
     prog = Progress()
     t0 = time.perf_counter()
-    if args.rx_gy is None or not np.isfinite(args.rx_gy) or args.rx_gy <= 0:
-        raise InputError(f"--rx-gy {args.rx_gy} Gy: the prescription must be > 0 Gy (I-125 node implants: 110-160 Gy)")
-    if args.margin_mm < 0 or args.margin_mm > 30:
-        raise InputError(f"--margin-mm {args.margin_mm} mm: give a CTV margin between 0 and 30 mm (usually 5)")
     model = tg43.load_seed_model(args.seed_model)
     strength = source_strength(args, tg43.sk_u_from(activity_mci=args.activity_mci, activity_mbq=args.activity_mbq,
                                                     sk_u=args.sk_u))
     sk_u = strength["sk_u_at_implant"]
-    out = out_dir(args)
     prog.step(f"reading CT {args.ct}")
-    ct = load_ct_series(args.ct)
+    ct = read_ct(args, "--ct")
     prog.step(f"reading structures {args.structures}")
     structures = read_structure_set(args.structures, ct)
     opts = PlanOptions(margin_mm=args.margin_mm, min_skin_depth_mm=args.min_skin_depth_mm,
                        dose_grid_mm=args.dose_grid_mm, oar_limits_gy=_oar_limits(args.oar_limit, structures),
                        progress=prog.step)
+    from navigator.anatomy.structures import contour_warnings
+
+    warnings = warn("plan", contour_warnings(structures, ct))
     res = make_plan(ct, structures, args.target, args.oar, args.rx_gy, model, sk_u, opts)
     plan = res.plan
     plan.extra["source_strength"] = strength
+    plan.extra["warnings"] = warnings
+    plan.check("the new plan")
 
     prog.step("writing RTSTRUCT, RTPLAN, RTDOSE")
     files = write_outputs(out, res, ct, structures, args.structures)
@@ -87,7 +96,7 @@ def run(args) -> int:
                f"({plan.extra['insertion_direction']})\n"
                f"CTV {m['ctv_cc']:.1f} cc: D90 {m['D90_gy']:.1f} Gy (Rx {plan.prescription_gy:g} Gy), "
                f"V100 {m['V100_pct']:.1f} %, V150 {m['V150_pct']:.1f} %, V200 {m['V200_pct']:.1f} %\n"
-               f"written to {out}: plan.json, RTPLAN.dcm, RTSTRUCT.dcm, RTDOSE.dcm, plan.html")
+               f"written to {final}: plan.json, RTPLAN.dcm, RTSTRUCT.dcm, RTDOSE.dcm, plan.html")
     emit(args, data, summary)
     if failed:
         sys.stderr.write("navigator plan: the plan misses clinical goals: " + ", ".join(

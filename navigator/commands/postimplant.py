@@ -14,23 +14,25 @@ outlined and the proposed seeds marked).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from navigator.errors import InputError
-from navigator.commands._common import Progress, add_output_options, emit, out_dir
+from navigator.commands._common import Progress, add_ct_option, add_output_options, emit, number, read_ct, staged_out, warn
 from navigator.io import write_json
+
+
+PRODUCES = ('postimplant.json', 'RTDOSE.dcm', 'postimplant.html')  # every output; an earlier run's are replaced or removed
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--plan", required=True, metavar="plan.json", help="the pre-plan (navigator plan)")
-    parser.add_argument("--preplan-ct", required=True, metavar="DIR", help="the CT series the plan was made on")
-    parser.add_argument("--ct", required=True, metavar="DIR", help="the post-implant CT series")
-    parser.add_argument("--expected-seeds", type=int, metavar="N", help="seeds delivered (default: the plan's count)")
+    add_ct_option(parser, "--preplan-ct", "the CT series the plan was made on")
+    add_ct_option(parser, "--ct", "the post-implant CT series")
+    parser.add_argument("--expected-seeds", type=number(1, 1000, integer=True), metavar="N", help="seeds delivered (default: the plan's count)")
     parser.add_argument("--delivery", metavar="delivery.json", help="delivery record: its 'released' count is expected")
     parser.add_argument("--structures", metavar="RS.dcm",
                         help="pre-plan RT Structure Set (default: RTSTRUCT.dcm beside plan.json)")
-    parser.add_argument("--cold-spot-min-cc", type=float, default=0.05,
+    parser.add_argument("--cold-spot-min-cc", type=number(0, 100, "cc", above=True), default=0.05,
                         help="cold regions smaller than this are dropped (cc, default 0.05)")
     parser.add_argument("--slice-profile", choices=("box", "gaussian"), default=None,
                         help="the scanner's slice sensitivity profile for seed z fitting (default: measured on "
@@ -54,19 +56,19 @@ def _expected(args, plan) -> int | None:
             raise InputError(f"--expected-seeds {args.expected_seeds}: give the number of seeds released (>= 1)")
         return int(args.expected_seeds)
     if args.delivery:
-        p = Path(args.delivery)
-        try:
-            return int(json.loads(p.read_text())["released"])
-        except FileNotFoundError:
-            raise InputError(f"--delivery {p}: file not found; give the delivery.json written by `navigator deliver`") from None
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise InputError(f"--delivery {p}: no integer 'released' count ({exc}); give the delivery.json "
-                             "written by `navigator deliver` or --expected-seeds N") from None
+        from navigator.core.models import DeliveryFile, load
+
+        record, _ = load(DeliveryFile, args.delivery, "--delivery")
+        return int(record.released)
     return None    # no ledger count: the pipeline expects the plan's count and reports no ledger shortfall
 
 
 def run(args) -> int:
-    from navigator.io.dicom import load_ct_series
+    with staged_out(args, PRODUCES) as out:
+        return _run(args, out, Path(args.out))
+
+
+def _run(args, out: Path, final: Path) -> int:
     from navigator.io.dicom import write_rtdose
     from navigator.core.plan import Plan
     from navigator.postimplant.pipeline import PostimplantOptions, run_postimplant
@@ -77,16 +79,19 @@ def run(args) -> int:
         raise InputError(f"--cold-spot-min-cc {args.cold_spot_min_cc} cc must be >= 0")
     plan = Plan.load(args.plan)
     progress = Progress(enabled=not args.json)
-    out = out_dir(args)
     progress.step("loading the CT series")
-    preplan_ct = load_ct_series(args.preplan_ct)
-    post_ct = load_ct_series(args.ct)
+    preplan_ct = read_ct(args, "--preplan-ct")
+    post_ct = read_ct(args, "--ct")
     structures = read_structure_set(_structures_path(args), ct=preplan_ct)
     opts = PostimplantOptions(expected_seeds=_expected(args, plan), cold_spot_min_cc=args.cold_spot_min_cc,
                               seed_finding=SeedFindingSettings(slice_profile=args.slice_profile),
                               progress=progress.step)
+    from navigator.anatomy.structures import contour_warnings
+
+    warnings = warn("postimplant", contour_warnings(structures, preplan_ct))
     res = run_postimplant(plan, preplan_ct, post_ct, structures, opts)
     r = res.result
+    r["warnings"] = warnings + list(r.get("warnings", []))
 
     progress.step("writing RTDOSE.dcm and postimplant.html")
     write_rtdose(out / "RTDOSE.dcm", res.dose, post_ct, comment="post-implant dose, found seeds")
@@ -102,7 +107,7 @@ def run(args) -> int:
              f"V100 {pm['V100_pct']:.1f} %, V150 {pm['V150_pct']:.1f} % ({r['supplementary']['stop_reason']})",
              f"  why: {r['supplementary']['why']}"]
     lines += [f"warning: {w}" for w in r["warnings"]]
-    lines.append(f"written: {out / 'postimplant.json'}, {out / 'RTDOSE.dcm'}, {out / 'postimplant.html'}")
+    lines.append(f"written: {final / 'postimplant.json'}, {final / 'RTDOSE.dcm'}, {final / 'postimplant.html'}")
     emit(args, r, "\n".join(lines))
     return 0
 

@@ -9,20 +9,25 @@ refused (``converged``/``refusal`` say why; exit 2).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from navigator.errors import InputError, RegistrationError
-from navigator.commands._common import Progress, add_output_options, emit, out_dir
+from navigator.commands._common import Progress, add_ct_option, add_output_options, emit, number, read_ct, staged_out
 from navigator.io import write_json
 
 
+PRODUCES = ('registration.json',)  # every output; an earlier run's are replaced or removed
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--fixed", required=True, metavar="DIR", help="pre-plan CT series folder (fixed)")
-    parser.add_argument("--moving", required=True, metavar="DIR", help="intraop CT series folder (moving)")
+    add_ct_option(parser, "--fixed", "pre-plan CT series folder (fixed)")
+    add_ct_option(parser, "--moving", "intraop CT series folder (moving)")
     parser.add_argument("--plan", metavar="plan.json", help="plan on the fixed CT: registers around its target")
     parser.add_argument("--region-centre-mm", metavar="X,Y,Z", help="target region centre, fixed LPS mm")
-    parser.add_argument("--region-half-mm", type=float, default=None, help="target region half-size, mm (45)")
-    parser.add_argument("--metal-hu", type=float, default=None, help="metal threshold masked out of the metric (2000)")
+    parser.add_argument("--region-half-mm", type=number(10, 250, "mm"), default=None, help="target region half-size, mm (45)")
+    parser.add_argument("--metal-hu", type=number(300, 30000, "HU"), default=None, help="metal threshold masked out of the metric (2000)")
     add_output_options(parser)
 
 
@@ -37,16 +42,19 @@ def parse_xyz(text: str, option: str) -> np.ndarray:
 
 
 def run(args) -> int:
-    from navigator.io.dicom import load_ct_series
+    with staged_out(args, PRODUCES) as out:
+        return _run(args, out, Path(args.out))
+
+
+def _run(args, out: Path, final: Path) -> int:
     from navigator.core.plan import Plan, target_region
     from navigator.imaging.registration import register_rigid
 
     prog = Progress(enabled=not args.json)
-    out = out_dir(args)
     prog.step(f"loading the pre-plan CT {args.fixed}")
-    fixed = load_ct_series(args.fixed)
+    fixed = read_ct(args, "--fixed")
     prog.step(f"loading the intraop CT {args.moving}")
-    moving = load_ct_series(args.moving)
+    moving = read_ct(args, "--moving")
     region = None
     if args.plan:
         plan = Plan.load(args.plan)
@@ -74,5 +82,5 @@ def run(args) -> int:
          f"registration: rotation {result.rotation_deg:.2f} deg, shift at the target [{t[0]:.2f}, {t[1]:.2f}, "
          f"{t[2]:.2f}] mm, "
          f"estimated error {result.estimated_error_mm:.2f} mm, {result.seconds:.1f} s\n"
-         f"wrote {out / 'registration.json'}")
+         f"wrote {final / 'registration.json'}")
     return 0

@@ -10,21 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from navigator.errors import InputError
-from navigator.commands._common import Progress, emit
+from navigator.commands._common import Progress, emit, number
 from navigator.io import write_json
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="out/rehearsal", help="output folder (default out/rehearsal)")
-    parser.add_argument("--seed", type=int, default=1, help="random seed: same seed, same rehearsal (default 1)")
+    parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=1, help="random seed: same seed, same rehearsal (default 1)")
     parser.add_argument("--case", default="neck", help="phantom case (python -m simulators.phantoms list)")
     parser.add_argument("--device", metavar="URL", default=None,
                         help="drive this applicator instead of the built-in simulator (socket://HOST:PORT, ...)")
-    parser.add_argument("--rx-gy", type=float, default=120.0, help="prescription (matched peripheral dose), Gy")
-    parser.add_argument("--seed-activity-mci", type=float, default=0.5, dest="activity_mci",
+    parser.add_argument("--rx-gy", type=number(0, 1000, "Gy", above=True), default=120.0, help="prescription (matched peripheral dose), Gy")
+    parser.add_argument("--seed-activity-mci", type=number(0, 20, "mCi", above=True), default=0.5, dest="activity_mci",
                         help="apparent activity per seed, mCi (default 0.5)")
     parser.add_argument("--seed-model", default="6711", help="seed model (6711 or IAI-125A)")
-    parser.add_argument("--skip-needles", type=int, default=0, metavar="N",
+    parser.add_argument("--skip-needles", type=number(0, 50, integer=True), default=0, metavar="N",
                         help="rehearse abandoned needles: leave out the N needles with the most seeds (a cold region "
                              "for the supplementary-seed loop; default 0)")
     parser.add_argument("--json", action="store_true", help="print rehearsal.json to stdout instead of a summary")

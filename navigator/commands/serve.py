@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from navigator.commands._common import number
 from navigator.errors import InputError
 from navigator.live.service import ServeOptions, serve
 
@@ -21,17 +22,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plan", metavar="plan.json", help="the pre-plan (navigator plan); with --preplan-ct")
     parser.add_argument("--preplan-ct", metavar="DIR", help="the CT series the plan was made on")
     parser.add_argument("--ae-title", default="NAVIGATOR", help="our DICOM AE title (default NAVIGATOR)")
-    parser.add_argument("--dicom-port", type=int, default=11112, help="DICOM port (default 11112; 0 = any free)")
+    parser.add_argument("--dicom-port", type=number(0, 65535, integer=True), default=11112, help="DICOM port (default 11112; 0 = any free)")
     parser.add_argument("--allow-ae", metavar="AE[,AE...]", help="calling AE titles allowed to send (default: any)")
-    parser.add_argument("--http-port", type=int, default=8080, help="HTTP port (default 8080; 0 = any free)")
+    parser.add_argument("--http-port", type=number(0, 65535, integer=True), default=8080, help="HTTP port (default 8080; 0 = any free)")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--device", metavar="URL", help="the applicator: /dev/ttyUSB0, socket://HOST:PORT, sgpsim://")
-    parser.add_argument("--igtl-port", type=int, default=18944, help="OpenIGTLink port (default 18944; 0 = any free)")
-    parser.add_argument("--series-quiet-s", type=float, default=5.0,
+    parser.add_argument("--igtl-port", type=number(0, 65535, integer=True), default=18944, help="OpenIGTLink port (default 18944; 0 = any free)")
+    parser.add_argument("--series-quiet-s", type=number(0, 3600, "s", above=True), default=5.0,
                         help="a series is complete after this many seconds without an instance (default 5)")
     parser.add_argument("--users", metavar="FILE", help="console accounts (navigator users add); without it every "
                                                         "login is refused")
-    parser.add_argument("--tolerance-mm", type=float, default=2.0, help="needle tip tolerance, mm (default 2)")
+    parser.add_argument("--tolerance-mm", type=number(0, 20, "mm", above=True), default=2.0, help="needle tip tolerance, mm (default 2)")
 
 
 def _port(name: str, value: int) -> int:

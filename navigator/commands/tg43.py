@@ -13,15 +13,16 @@ import sys
 import numpy as np
 
 from navigator.physics import tg43
+from navigator.commands._common import number
 from navigator.errors import InputError
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help=f"seed model: {', '.join(tg43.known_models())}")
     g = parser.add_mutually_exclusive_group(required=True)
-    g.add_argument("--sk-u", type=float, dest="sk_u", help="air-kerma strength, U")
-    g.add_argument("--activity-mci", type=float, dest="activity_mci", help="apparent activity, mCi")
-    g.add_argument("--activity-mbq", type=float, dest="activity_mbq", help="apparent activity, MBq")
+    g.add_argument("--sk-u", type=number(0, 25, "U", above=True), dest="sk_u", help="air-kerma strength, U")
+    g.add_argument("--activity-mci", type=number(0, 20, "mCi", above=True), dest="activity_mci", help="apparent activity, mCi")
+    g.add_argument("--activity-mbq", type=number(0, 740, "MBq", above=True), dest="activity_mbq", help="apparent activity, MBq")
     parser.add_argument("--along", required=True, metavar="CM,...", help="distances along the seed axis, cm, signed (negative first value: --along=-1,0,1)")
     parser.add_argument("--away", required=True, metavar="CM,...", help="distances away from the seed axis, cm (>= 0)")
     parser.add_argument("--formalism", choices=("2D", "1D"), default="2D",

@@ -117,46 +117,42 @@ class Plan:
         return d
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=_json_default, allow_nan=False))
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "plan") -> "Plan":
+        """A plan from plan.json's dict, checked by ``navigator.core.models.PlanFile`` (types and invariants:
+        ids unique, every seed on its needle between entry and tip, holes in the template); ``PlanError``."""
+        from navigator.core.models import PlanFile, parse
+
+        m = parse(PlanFile, d, source)
         known = {"frame_of_reference_uid", "ct_series_uid", "target", "prescription_gy", "seed_model",
                  "seed_sk_u", "needles", "seeds", "metrics"}
-        try:
-            plan = cls(
-                frame_of_reference_uid=str(d["frame_of_reference_uid"]),
-                ct_series_uid=str(d.get("ct_series_uid", "")),
-                target=str(d["target"]),
-                prescription_gy=float(d["prescription_gy"]),
-                seed_model=str(d["seed_model"]),
-                seed_sk_u=float(d["seed_sk_u"]),
-                needles=[Needle(id=str(n["id"]), hole=n.get("hole"), entry_mm=n["entry_mm"], tip_mm=n["tip_mm"])
-                         for n in d["needles"]],
-                seeds=[PlannedSeed(id=str(s["id"]), needle_id=str(s["needle_id"]), position_mm=s["position_mm"])
-                       for s in d["seeds"]],
-                metrics=dict(d.get("metrics", {})),
-                extra={k: v for k, v in d.items() if k not in known},
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError(f"{source}: not a valid plan ({type(exc).__name__}: {exc}); "
-                            "write it with `navigator plan` or see cli-contract.md for the keys") from None
-        ids = {n.id for n in plan.needles}
-        for s in plan.seeds:
-            if s.needle_id not in ids:
-                raise PlanError(f"{source}: seed {s.id} names needle {s.needle_id!r}, which the plan does not have")
-        return plan
+        return cls(
+            frame_of_reference_uid=m.frame_of_reference_uid,
+            ct_series_uid=m.ct_series_uid,
+            target=m.target,
+            prescription_gy=m.prescription_gy,
+            seed_model=m.seed_model,
+            seed_sk_u=m.seed_sk_u,
+            needles=[Needle(id=n.id, hole=n.hole, entry_mm=n.entry_mm, tip_mm=n.tip_mm) for n in m.needles],
+            seeds=[PlannedSeed(id=s.id, needle_id=s.needle_id, position_mm=s.position_mm) for s in m.seeds],
+            metrics=dict(m.metrics),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
 
     @classmethod
-    def load(cls, path) -> "Plan":
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise PlanError(f"{p}: plan file not found; give the plan.json written by `navigator plan`") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PlanError(f"{p}: not JSON ({exc}); give the plan.json written by `navigator plan`") from None
-        return cls.from_dict(d, source=str(p))
+    def load(cls, path, name: str = "--plan") -> "Plan":
+        from navigator.core.models import PlanFile, load
+
+        _, d = load(PlanFile, path, name)
+        return cls.from_dict(d, source=f"{name} {path}")
+
+    def check(self, source: str = "plan") -> None:
+        """Re-check the invariants of a plan built in memory (before it is saved or delivered)."""
+        from navigator.core.models import PlanFile, parse
+
+        parse(PlanFile, self.to_dict(), source)
 
 
 def _r(v) -> list[float]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from navigator.anatomy import targets
-from navigator.anatomy.structures import mask_of
+from navigator.anatomy.structures import check_target_inside_ct, mask_of
 from navigator.core.plan import Needle, Plan, PlannedSeed
 from navigator.core.sampling import Sampler, sample_nearest
 from navigator.core.structure import find_structure
@@ -211,6 +211,7 @@ def _targets(ct: Volume, structures: dict, target: str, oars: list[str] | None, 
     the reason) and each OAR's D0.1cc limit (by its class, or as given in ``opts.oar_limits_gy``)."""
     target_name, target_s = find_structure(structures, target)
     gtv = mask_of(target_name, target_s, ct)
+    check_target_inside_ct(target_name, target_s, ct)
     if not gtv.any():
         raise StructureError(f"target '{target_name}' covers no voxel of the CT (empty or smaller than a voxel); "
                              "check the contours or choose another structure")

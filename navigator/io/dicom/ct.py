@@ -394,11 +394,12 @@ def _str(ds, keyword: str) -> str:
 
 
 # --- public -------------------------------------------------------------------------------------------------
-def load_ct_series(path, series_uid: str | None = None) -> Volume:
+def load_ct_series(path, series_uid: str | None = None, series_option: str = "series_uid=...") -> Volume:
     """Load the CT series in folder ``path`` as a float32 HU ``Volume`` in LPS mm.
 
     ``series_uid`` picks a series when the folder holds more than one CT series; without it such a folder is
-    refused with the list of series (uid, modality, number of files, description). Non-image objects in the folder
+    refused with the list of series (uid, modality, number of files, description) and told to pick one with
+    ``series_option`` (how the caller names the choice, e.g. ``--ct-series-uid``). Non-image objects in the folder
     (RTSTRUCT, RTPLAN, ...) are ignored. See the module docstring for the geometry conventions.
 
     Identity: ``frame_of_reference_uid``, ``series_uid``, ``study_uid``, ``patient_id``, ``patient_name``.
@@ -416,8 +417,9 @@ def load_ct_series(path, series_uid: str | None = None) -> Volume:
         return _load(Path(path), series_uid)
 
 
-def _load(folder: Path, series_uid: str | None) -> Volume:
-    groups = _group(_scan(folder))
+def _load(folder: Path, series_uid: str | None, headers: list[_Header] | None = None) -> Volume:
+    # ``headers``: slices already read from anywhere (``studies.load_ct_files``); ``folder`` then only names them
+    groups = _group(_scan(folder) if headers is None else headers)
     infos = {uid: _info(uid, hs) for uid, hs in groups.items()}
     if series_uid is not None:
         if series_uid not in groups:
@@ -437,8 +439,8 @@ def _load(folder: Path, series_uid: str | None) -> Volume:
             )
         else:
             raise DicomSeriesError(
-                f"{folder}: {len(ct)} CT series in one folder; pick one by SeriesInstanceUID "
-                f"(series_uid=..., --series-uid):{_series_list_text(infos[u] for u in ct)}"
+                f"{folder}: {len(ct)} CT series in one folder; pick one by its SeriesInstanceUID with "
+                f"{series_option} UID:{_series_list_text(infos[u] for u in ct)}"
             )
     hs = groups[uid]
     _check_series_modality(folder, infos[uid], hs)
