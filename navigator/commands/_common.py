@@ -59,9 +59,14 @@ def read_ct(args, option: str):
     """The CT series of ``option`` (e.g. ``"--preplan-ct"``), picked by its ``-series-uid`` when given."""
     from navigator.io.dicom import load_ct_series
 
+    from navigator.errors import DicomSeriesError
+
     dest = option.lstrip("-").replace("-", "_")
-    return load_ct_series(getattr(args, dest), series_uid=getattr(args, f"{dest}_series_uid", None),
-                          series_option=f"{option}-series-uid")
+    try:
+        return load_ct_series(getattr(args, dest), series_uid=getattr(args, f"{dest}_series_uid", None),
+                              series_option=f"{option}-series-uid")
+    except DicomSeriesError as exc:
+        raise DicomSeriesError(f"{option}: {exc}") from None
 
 
 def add_strength_options(parser, prefix: str = "--seed-") -> None:
@@ -140,6 +145,25 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def ctv_structure_set(args, ct=None) -> tuple[dict, object, Path | None]:
+    """(every structure, the CTV, the file) of ``--structures``, else of ``RTSTRUCT.dcm`` beside ``--plan`` (as
+    ``navigator plan`` writes it, with the CTV); the CTV is the structure named ``--ctv``. ``({}, None, None)``
+    when there is no such file, ``(structures, None, file)`` when the default file has no such structure;
+    ``InputError`` when ``--structures`` has none. With ``ct``, the structures must be in its frame."""
+    from navigator.io.dicom import read_structure_set
+
+    rs = Path(args.structures) if args.structures else Path(args.plan).resolve().parent / "RTSTRUCT.dcm"
+    if not rs.exists():
+        return {}, None, None
+    structs = read_structure_set(rs, ct)
+    if args.ctv in structs:
+        return structs, structs[args.ctv], rs
+    if args.structures:
+        raise InputError(f"--structures {rs}: no structure named {args.ctv!r} (it has {sorted(structs)}); "
+                         "name the CTV with --ctv")
+    return structs, None, rs
 
 
 def warn(command: str, warnings: list[str]) -> list[str]:

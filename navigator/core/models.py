@@ -221,6 +221,28 @@ class DeliveryFile(_Model):
     reconciled: bool | None = None
 
 
+# --- the seed ledger (delivery/ledger.py), one JSON object per line ---------------------------------------
+class LedgerRecord(_Model):
+    """One line of the seed ledger: what the applicator was asked to release and what it did."""
+
+    t: str | None = None
+    type: Literal["device_epoch", "intent", "released", "not_released", "uncertain"]
+    seed_id: Id | None = None
+    hole: Annotated[str, Field(min_length=1, max_length=16)] | None = None
+    depth_mm: Annotated[FiniteFloat, Field(ge=-10, le=MAX_NEEDLE_MM)] | None = None
+    device_index: Annotated[int, Field(ge=0)] | None = None
+    epoch: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self):
+        needs = {"intent": ("seed_id",), "not_released": ("seed_id",), "uncertain": ("seed_id",),
+                 "released": ("seed_id", "hole", "depth_mm", "device_index", "epoch"), "device_epoch": ()}
+        missing = [k for k in needs[self.type] if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"a '{self.type}' record needs {', '.join(missing)}")
+        return self
+
+
 # --- reading ------------------------------------------------------------------------------------------------
 _KIND = {PlanFile: "plan", RegistrationFile: "registration", NeedleCheckFile: "needle check",
          DeliveryFile: "delivery record"}

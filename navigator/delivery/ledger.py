@@ -23,6 +23,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from navigator.core.models import LedgerRecord, explain
 from navigator.errors import DeliveryError
 
 
@@ -131,10 +134,15 @@ class SeedLedger:
         tail = pieces.pop()
         for i, line in enumerate(pieces, start=1):
             try:
-                self._apply(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                record = json.loads(line)
+                LedgerRecord.model_validate(record)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise DeliveryError(f"seed ledger {self.path}, line {i}: unreadable ({exc}); do not continue "
                                     "delivery until a physicist has checked it") from None
+            except ValidationError as exc:
+                raise DeliveryError(f"seed ledger {self.path}, line {i}: not a ledger record ({explain(exc)}); do "
+                                    "not continue delivery until a physicist has checked it") from None
+            self._apply(record)
         if tail:  # torn by a crash mid-write: never acted on; cut it so appends start on a fresh line
             self.torn_tail = True
             with open(self.path, "r+b") as f:

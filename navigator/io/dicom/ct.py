@@ -414,10 +414,11 @@ def load_ct_series(path, series_uid: str | None = None, series_option: str = "se
     Raises ``DicomSeriesError`` on anything that would make the volume untrustworthy.
     """
     with _quiet():
-        return _load(Path(path), series_uid)
+        return _load(Path(path), series_uid, series_option=series_option)
 
 
-def _load(folder: Path, series_uid: str | None, headers: list[_Header] | None = None) -> Volume:
+def _load(folder: Path, series_uid: str | None, headers: list[_Header] | None = None,
+          series_option: str = "series_uid=...") -> Volume:
     # ``headers``: slices already read from anywhere (``studies.load_ct_files``); ``folder`` then only names them
     groups = _group(_scan(folder) if headers is None else headers)
     infos = {uid: _info(uid, hs) for uid, hs in groups.items()}
@@ -456,6 +457,12 @@ def _load(folder: Path, series_uid: str | None, headers: list[_Header] | None = 
         raise DicomSeriesError(
             f"{folder}: series {uid} mixes {len(fors)} FrameOfReferenceUIDs ({', '.join(fors)}); slices of one "
             "volume must share one patient frame; re-export the series"
+        )
+    patients = sorted({_str(h.ds, "PatientID") for h in hs})
+    if len(patients) > 1:
+        raise DicomSeriesError(
+            f"{folder}: series {uid} mixes slices of {len(patients)} patient ids ({', '.join(map(repr, patients))});"
+            " a series is of one patient: find the slices that do not belong and re-export the series"
         )
     order, origin, spacing, direction, (rows, cols) = _geometry(folder, hs)
 
