@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
                         help="a series is complete after this many seconds without an instance (default 5)")
     parser.add_argument("--users", metavar="FILE", help="console accounts (navigator users add); without it every "
                                                         "login is refused")
+    parser.add_argument("--simulate-operator", action="store_true",
+                        help="rehearsal and training only: a simulated operator docks the simulated applicator "
+                             "on each hole (SGP/1 SIM,DOCK), as `navigator deliver --simulate-operator`")
     parser.add_argument("--tolerance-mm", type=number(0, 20, "mm", above=True), default=2.0, help="needle tip tolerance, mm (default 2)")
 
 
@@ -59,5 +62,6 @@ def run(args) -> int:
         dicom_port=_port("--dicom-port", args.dicom_port), allow_ae=allow,
         http_port=_port("--http-port", args.http_port), bind=args.bind, device=args.device,
         igtl_port=_port("--igtl-port", args.igtl_port), series_quiet_s=args.series_quiet_s,
-        users=Path(args.users) if args.users else None, tolerance_mm=args.tolerance_mm))
+        users=Path(args.users) if args.users else None, tolerance_mm=args.tolerance_mm,
+        simulate_operator=args.simulate_operator))
     return 0

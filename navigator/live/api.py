@@ -174,6 +174,14 @@ def _read_routes(app: FastAPI, live, access: Access, reader) -> None:  # noqa: C
                                      "or start with --plan and --preplan-ct")
         return live.pre.plan.to_dict()
 
+    @app.get("/api/structures")
+    def structures(c: Caller = Depends(reader)):
+        if live.pre is None:
+            raise HTTPException(404, "no pre-plan loaded yet: its structures come with it")
+        from navigator.live.steps import structures_json
+
+        return structures_json(live.pre)
+
     @app.get("/api/me")
     def me(c: Caller = Depends(reader)):
         return {"username": c.user.name, "role": c.user.role}

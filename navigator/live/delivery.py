@@ -121,7 +121,7 @@ class LiveDelivery:
             self.device = {"url": url, "state": "connecting"}
             try:
                 result = Delivery(plan, _Stoppable(app, self._stop, self._why), self.ledger,
-                                  journal=self._journal, simulate_operator=url.lower().startswith("sgpsim"),
+                                  journal=self._journal, simulate_operator=live.simulate_operator or url.lower().startswith("sgpsim"),
                                   progress=lambda text: self.device.update(last=text)).run()
             finally:
                 app.close()

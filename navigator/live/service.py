@@ -35,6 +35,7 @@ class ServeOptions:
     series_quiet_s: float = 5.0
     users: Path | None = None
     tolerance_mm: float = 2.0
+    simulate_operator: bool = False  # rehearsal: the simulated applicator is docked by a simulated operator
 
 
 def _http_socket(host: str, port: int) -> socket.socket:
@@ -70,7 +71,8 @@ class Service:
         from navigator.live.session import LiveSession
 
         o = self.o
-        self.live = live = LiveSession(o.session, o.plan, o.preplan_ct, o.device, o.tolerance_mm)
+        self.live = live = LiveSession(o.session, o.plan, o.preplan_ct, o.device, o.tolerance_mm,
+                                           simulate_operator=o.simulate_operator)
         self.receiver = DicomReceiver(Path(o.session) / "incoming", o.ae_title, o.bind, o.dicom_port, o.allow_ae,
                                       o.series_quiet_s, on_complete=live.series_complete,
                                       on_rejected=live.association_rejected)

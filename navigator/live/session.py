@@ -84,8 +84,9 @@ class LiveSession:
     """The procedure in the room. Thread-safe: every journal line and state change goes through ``self.lock``."""
 
     def __init__(self, folder, plan_path=None, preplan_ct=None, device_url: str | None = None,
-                 tolerance_mm: float = 2.0):
+                 tolerance_mm: float = 2.0, simulate_operator: bool = False):
         self.dir = Path(folder)
+        self.simulate_operator = simulate_operator
         self.dir.mkdir(parents=True, exist_ok=True)
         self.device_url = device_url
         self.tolerance_mm = tolerance_mm

@@ -45,6 +45,25 @@ class Preplan:
                 "seeds": len(self.plan.seeds), "ctv_source": self.ctv_note}
 
 
+def structures_json(pre: Preplan, max_points: int = 48) -> dict:
+    """The pre-plan's structures for the console's 3D view: each closed contour (pre-plan frame, LPS mm) with at
+    most ``max_points`` points, its colour and its role (target, ctv, oar, body)."""
+    from navigator.anatomy import targets
+
+    out = []
+    for name, s in pre.structures.items():
+        if not s.contours:
+            continue
+        role = ("ctv" if name.upper().startswith("CTV") else "target" if name == pre.plan.target
+                else "body" if targets.is_body_name(name) or targets.classify_oar(name) == "skin" else "oar")
+        contours = []
+        for c in s.contours:
+            step = max(1, int(np.ceil(len(c) / max_points)))
+            contours.append(np.round(c[::step], 1).tolist())
+        out.append({"name": name, "role": role, "color": list(s.color) if s.color else None, "contours": contours})
+    return {"frame_of_reference_uid": pre.ct.frame_of_reference_uid, "structures": out}
+
+
 def structures_beside(plan_path: Path, ct_dir: Path) -> Path | None:
     """RTSTRUCT.dcm beside plan.json (``navigator plan`` writes it), else RS.dcm beside the CT folder."""
     for cand in (Path(plan_path).parent / "RTSTRUCT.dcm", Path(ct_dir).parent / "RS.dcm",

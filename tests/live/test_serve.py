@@ -72,6 +72,10 @@ def test_plan_and_logout(served, case):
     code, plan = svc.call("GET", "/api/plan", token=otto)
     assert code == 200 and [n["id"] for n in plan["needles"]] == [n.id for n in case["plan_obj"].needles]
     assert all(n["hole"] for n in plan["needles"])
+    code, st = svc.call("GET", "/api/structures", token=otto)  # the outlines of the console's 3D view
+    assert code == 200 and st["frame_of_reference_uid"] == case["plan_obj"].frame_of_reference_uid
+    gtv = next(s for s in st["structures"] if s["name"] == "GTV")
+    assert gtv["role"] == "target" and gtv["contours"] and all(len(c) <= 48 and len(c[0]) == 3 for c in gtv["contours"])
     assert svc.call("POST", "/api/logout", {}, token=otto)[0] == 200
     assert svc.call("GET", "/api/session", token=otto)[0] == 401
 

@@ -28,7 +28,8 @@ const HEARTBEAT_MS = 10000;  // the API keeps control while its holder sends a r
 
 const $ = (id) => document.getElementById(id);
 const ui = { user: null, role: null, holdsControl: false, screen: "needles", events: null, timer: null,
-             refreshPending: null, plan: null, planHoles: null, check: null, post: null, signedOut: false };
+             refreshPending: null, plan: null, planHoles: null, structures: null, check: null, post: null,
+             signedOut: false };
 
 // --- the API -------------------------------------------------------------------------------------------------
 async function api(method, path, body) {
@@ -269,6 +270,8 @@ async function refreshPlan() {
   if (!r.ok || !r.data || !Array.isArray(r.data.needles)) return null;
   ui.plan = r.data;
   ui.planHoles = Object.fromEntries(r.data.needles.map((n) => [n.id, n.hole]));
+  const s = await api("GET", "/api/structures");  // the outlines for the 3D view, in the pre-plan's frame
+  ui.structures = s.ok ? s.data : null;
   return ui.plan;
 }
 
@@ -556,7 +559,7 @@ function wire() {
   $("next-scan-button").addEventListener("click", relabel);
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showScreen(tab.dataset.screen, true));
   $("follow").addEventListener("change", () => { if ($("follow").checked) refreshSession(); });
-  View3D.wire(() => ({ plan: ui.plan, check: ui.check, post: ui.post }));
+  View3D.wire(() => ({ plan: ui.plan, check: ui.check, post: ui.post, structures: ui.structures }));
 }
 
 wire();

@@ -6,11 +6,36 @@
 "use strict";
 
 const View3D = (() => {
-  let source = () => ({ plan: null, check: null, post: null });
+  let source = () => ({ plan: null, check: null, post: null, structures: null });
+  const ROLE_COLOR = { target: "#ff6b6b", ctv: "#f0a35e", oar: "#6cb6ff" };
+
+  function contours(structures, map, lines, legend) {
+    // the pre-plan's target, CTV and OARs as their contour outlines (the body outline is left out: it would
+    // dwarf the implant); ``map`` takes a pre-plan point into the scene's frame
+    if (!structures) return;
+    const shown = new Set();
+    for (const s of structures.structures || []) {
+      if (s.role === "body") continue;
+      const color = ROLE_COLOR[s.role] || "#6cb6ff";
+      for (const c of s.contours) {
+        for (let i = 0; i < c.length; i++)
+          lines.push({ a: map(c[i]), b: map(c[(i + 1) % c.length]), color, width: 1, context: true });
+      }
+      shown.add(s.role);
+    }
+    const words = { target: "target (GTV) outline", ctv: "CTV outline", oar: "organ at risk outline" };
+    for (const role of ["target", "ctv", "oar"]) if (shown.has(role)) legend.push([ROLE_COLOR[role], words[role]]);
+  }
+
+  function mapper(m) {
+    if (!m) return (p) => p;
+    const M = Array.isArray(m[0]) ? m.flat() : m;
+    return (p) => [0, 1, 2].map((r) => M[4 * r] * p[0] + M[4 * r + 1] * p[1] + M[4 * r + 2] * p[2] + M[4 * r + 3]);
+  }
   const view = { yaw: -0.6, pitch: 0.45, zoom: 1, drag: null };
 
   function scene() {
-    const { plan, check, post } = source();
+    const { plan, check, post, structures } = source();
     // Each scene stays in one frame of reference: the pre-plan CT's, the needle check's intraop CT's, or the
     // post-implant CT's (the API gives each result in its own frame).
     const which = document.querySelector("input[name=scene]:checked").value;
@@ -22,6 +47,7 @@ const View3D = (() => {
       }
       for (const sd of plan.seeds || []) points.push({ p: sd.position_mm, color: "#c58a00", r: 4 });
       legend.push(["#8a94a6", "planned needle (entry → tip), id and template hole"], ["#c58a00", "planned seed"]);
+      contours(structures, (p) => p, lines, legend);
     } else if (which === "needles" && check) {
       const c = check;
       for (const n of c.needles) {
@@ -42,6 +68,7 @@ const View3D = (() => {
         box(reg.region_centre_mm, reg.region_half_mm, reg.fixed_to_moving, lines);
       legend.push(["#8a94a6", "planned needle (dashed)"], ["#2e9d57", "found, within tolerance"],
                   ["#d93025", "found out of tolerance / not found (hollow)"], ["#c58a00", "target region (registration box)"]);
+      contours(structures, mapper(reg.fixed_to_moving), lines, legend);  // the pre-plan's outlines, registered
     } else if (which === "seeds" && post) {
       const p = post;
       for (const s of p.seeds || []) points.push({ p: s.position_mm, color: "#c58a00", r: 4, axis: s.axis });
@@ -94,7 +121,8 @@ const View3D = (() => {
       s.append(text);
       legend.appendChild(s);
     }
-    const all = [...sc.lines.flatMap((l) => [l.a, l.b]), ...sc.points.map((p) => p.p)];
+    // the view frames the implant; outlines of the anatomy are context and may reach beyond it
+    const all = [...sc.lines.filter((l) => !l.context).flatMap((l) => [l.a, l.b]), ...sc.points.map((p) => p.p)];
     if (!all.length) {
       g.fillStyle = "#c9d1d9";
       g.font = "16px system-ui, sans-serif";
