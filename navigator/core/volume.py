@@ -177,6 +177,25 @@ def box_slices(lo, hi) -> tuple[slice, slice, slice]:
     return slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0])
 
 
+def coarsen(vol: Volume, min_step_mm: float, reduce: str = "mean") -> tuple[Volume, tuple[int, int, int]]:
+    """``vol`` on a grid at least ``min_step_mm`` apart along each axis, by whole blocks of voxels (``reduce``:
+    "mean" for HU, "max" for a mask: a block is in when any voxel of it is); the (fi, fj, fk) block sizes.
+    Trailing voxels that do not fill a block are dropped. Same orientation; the origin moves to the first
+    block's centre."""
+    sp = np.abs(np.asarray(vol.spacing_mm, dtype=float))
+    f = tuple(max(1, int(min_step_mm // s)) for s in sp)           # (fi, fj, fk)
+    if f == (1, 1, 1):
+        return vol, f
+    fk, fj, fi = f[2], f[1], f[0]
+    k, j, i = (n // b for n, b in zip(vol.array.shape, (fk, fj, fi)))
+    blocks = vol.array[: k * fk, : j * fj, : i * fi].reshape(k, fk, j, fj, i, fi)
+    arr = blocks.max(axis=(1, 3, 5)) if reduce == "max" else blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+    origin = vol.ijk_to_lps(np.array([(fi - 1) / 2.0, (fj - 1) / 2.0, (fk - 1) / 2.0]))
+    spacing = np.asarray(vol.spacing_mm, dtype=float) * np.array(f, dtype=float)
+    return replace(vol, array=arr, origin_mm=origin, spacing_mm=spacing, direction=vol.direction.copy(),
+                   meta=dict(vol.meta)), f
+
+
 def crop(vol: Volume, points_mm, margin_mm=0.0, margin_vox: int = 0) -> tuple[Volume, tuple[slice, slice, slice]]:
     """The part of ``vol`` around LPS points (``voxel_box``: + ``margin_mm`` and ``margin_vox``, never empty) as
     a Volume over a view of its array, with its geometry and identity; and the (k, j, i) slices taken."""

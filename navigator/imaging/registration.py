@@ -265,9 +265,15 @@ def _crop_isotropic(vol: Volume, centre_mm, half_mm: float, step_mm: float, defa
         metal = sitk.GetArrayFromImage(sitk.Resample(m_img, *grid, 0.0, sitk.sitkFloat32)) > 0.01
     # anti-aliasing: where the scan is finer than the grid (in-plane pixels), smooth to the grid's scale
     # before sampling it, or noise and aliasing would wobble the metric by tenths of a millimetre
-    sig = [float(np.sqrt(max((step_mm / 2.0) ** 2 - (sp / 2.0) ** 2, 0.0))) for sp in vol.spacing_mm]
+    # (scipy's separable FIR Gaussian, edges replicated as ITK's DiscreteGaussian does: same kernel to its 1 %
+    # truncation, ten times faster on a 512-pixel crop, which is most of a live check's registration time)
+    sp_abs = [abs(float(sp)) for sp in vol.spacing_mm]
+    sig = [float(np.sqrt(max((step_mm / 2.0) ** 2 - (sp / 2.0) ** 2, 0.0))) for sp in sp_abs]
     if max(sig) > 0.05:
-        img = sitk.DiscreteGaussian(img, [v * v for v in sig], 32, 0.01, True)
+        from scipy import ndimage
+
+        sigma_kji = [v / sp for v, sp in zip(sig, sp_abs)][::-1]
+        img = sub.with_array(ndimage.gaussian_filter(sub.array, sigma_kji, mode="nearest", truncate=3.0)).to_sitk()
     out = sitk.Resample(img, *grid, float(default_hu), sitk.sitkFloat32)
     # fraction of the grid inside the scan: cheap on the grid corners' lattice (every 4th voxel)
     g = np.arange(0, n, 4) * step_mm

@@ -197,6 +197,8 @@ class LiveSession:
             plan = self.pre.plan
             dose_at_points(plan.seed_positions_mm()[:2] + 5.0, plan.seed_positions_mm(), plan.seed_axes(),
                            plan.seed_sk_u, tg43.load_seed_model(plan.seed_model))
+            if self.pre.structures:
+                self.pre.masks()  # the post-implant evaluation's pre-plan masks, made while nobody waits
 
     def _work(self) -> None:
         try:

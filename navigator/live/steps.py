@@ -32,6 +32,15 @@ class Preplan:
     structures: dict
     ctv_points: np.ndarray | None
     ctv_note: str
+    _masks: tuple | None = None
+
+    def masks(self) -> tuple:
+        """The CTV and OAR masks on the pre-plan CT (``postimplant.pipeline.preplan_masks``), made once."""
+        if self._masks is None:
+            from navigator.postimplant.pipeline import preplan_masks
+
+            self._masks = preplan_masks(self.plan, self.ct, self.structures)
+        return self._masks
 
     @property
     def patient_id(self) -> str:
@@ -132,7 +141,8 @@ def postimplant(pre: Preplan, ct_dir: Path, out: Path, expected_seeds: int | Non
                          "pre-plan CT folder) and restart; the CTV and OARs come from it")
     post = load_ct_series(ct_dir)
     check_same_patient(pre.ct, post)
-    res = run_postimplant(pre.plan, pre.ct, post, pre.structures, PostimplantOptions(expected_seeds=expected_seeds))
+    res = run_postimplant(pre.plan, pre.ct, post, pre.structures, PostimplantOptions(expected_seeds=expected_seeds),
+                          masks=pre.masks())
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "postimplant.json", res.result)
     write_rtdose(out / "RTDOSE.dcm", res.dose, post, comment="post-implant dose, found seeds")

@@ -28,7 +28,7 @@ from navigator.anatomy.structures import mask_of
 from navigator.postimplant.coldspots import DEFAULT_MIN_VOLUME_CC, ColdSpotResult, find_cold_spots
 from navigator.physics.dose import dose_on_grid
 from navigator.errors import InputError, PlanError
-from navigator.core.volume import Volume, box_slices, crop, grid_volume, voxel_box
+from navigator.core.volume import Volume, box_slices, coarsen, crop, grid_volume, voxel_box
 from navigator.core.plan import Plan
 from navigator.core.transform import RigidTransform
 from navigator.imaging.registration import RegistrationResult, check_same_patient, register_rigid
@@ -38,6 +38,8 @@ from navigator.postimplant.supplement import (NeedleField, Proposal, SupplementS
                                               explain_count, freehand_candidates, planned_candidates,
                                               propose_supplementary, template_candidates, tilted_directions)
 
+NEEDLE_FIELD_STEP_MM = 1.0   # grid of the supplementary needles' path masks (body, skin depth, no-go)
+CERTAINLY_METAL_HU = 2500.0  # above any bone: a scan that reaches it holds metal, the early seed check is skipped
 COMPARISON_KEYS = [("seed count", "seeds", ""), ("CTV volume", "ctv_cc", "cc"), ("D90", "D90_gy", "Gy"),
                    ("D100", "D100_gy", "Gy"), ("V100", "V100_pct", "%"), ("V150", "V150_pct", "%"), ("HI", "HI", "")]
 
@@ -144,16 +146,18 @@ def _r3(v):
 # --- the pipeline ---------------------------------------------------------------------------------------
 def run_postimplant(plan: Plan, preplan_ct: Volume, post_ct: Volume, structures: dict,
                     options: PostimplantOptions | None = None,
-                    registration: RegistrationResult | None = None) -> PostimplantResult:
+                    registration: RegistrationResult | None = None,
+                    masks: tuple[np.ndarray, dict] | None = None) -> PostimplantResult:
     """The whole post-implant evaluation; see the module docstring. ``structures``: the pre-plan structure
     set ({name: Structure} or {name: bool mask on ``preplan_ct``}). ``registration``: a known pre-plan ->
-    post-implant registration (else computed). Raises InputError for a scan of another patient, a plan made
+    post-implant registration (else computed). ``masks``: ``preplan_masks(plan, preplan_ct, structures)`` when the
+    caller keeps them (the live session computes them once per pre-plan). Raises InputError for a scan of another patient, a plan made
     on another CT, a scan with no seeds."""
     o = options or PostimplantOptions()
     t_all = time.perf_counter()
     _check_inputs(plan, preplan_ct, post_ct, o)
     t = time.perf_counter()
-    ctv_pre, oars_pre = preplan_masks(plan, preplan_ct, structures)
+    ctv_pre, oars_pre = masks if masks is not None else preplan_masks(plan, preplan_ct, structures)
     timing = {"masks": time.perf_counter() - t}
     t = time.perf_counter()
     registration = _register(preplan_ct, post_ct, ctv_pre, registration, o)
@@ -244,8 +248,10 @@ def _check_inputs(plan: Plan, preplan_ct: Volume, post_ct: Volume, o: Postimplan
         raise PlanError(f"the plan was made on frame of reference {plan.frame_of_reference_uid} but the pre-plan CT "
                         f"given is in {preplan_ct.frame_of_reference_uid}; give the CT the plan was made on")
     tg43.load_seed_model(plan.seed_model)
-    # a scan with no seeds (the pre-plan CT given twice...) is refused before the slow registration
-    find_seeds(post_ct, settings=o.seed_finding)
+    # a scan with no seeds (the pre-plan CT given twice...) is refused before the slow registration; a scan
+    # with metal far brighter than bone needs no such check (the finder runs once, after the registration)
+    if float(np.nanmax(post_ct.array)) < CERTAINLY_METAL_HU:
+        find_seeds(post_ct, settings=o.seed_finding)
 
 
 def _register(preplan_ct: Volume, post_ct: Volume, ctv_pre: np.ndarray, registration, o) -> RegistrationResult:
@@ -348,10 +354,15 @@ def _comparison(n_pre, pre, n_post, post, n_sup, sup) -> list[dict]:
 # --- supplementary seeds --------------------------------------------------------------------------------
 def _needle_field(preplan_ct: Volume, oars_pre: dict, corners_pre: np.ndarray, post_to_pre, s) -> NeedleField:
     # the masks for the paths on a crop of the pre-plan CT: a path leaving the crop inside the body is refused
-    sub, sl = crop(preplan_ct, corners_pre, min(s.max_path_mm, 70.0))
+    # on a grid of >= 1 mm: a path's clearances (2 mm) and skin depth (10 mm) need no finer, and a 0.5 mm
+    # scan's crop would take seconds to transform (the post-implant result should be on screen in seconds)
+    fine, sl = crop(preplan_ct, corners_pre, min(s.max_path_mm, 70.0))
+    sub, _ = coarsen(fine, NEEDLE_FIELD_STEP_MM)
     body = targets.body_mask(sub)
     skin = targets.skin_depth_mm(body, sub)
-    nogo, _ = targets.nogo_mask(sub, body, {n: m[sl] for n, m in oars_pre.items()}, clearance_mm=2.0)
+    oars = {n: coarsen(fine.with_array(m[sl]), NEEDLE_FIELD_STEP_MM, reduce="max")[0].array
+            for n, m in oars_pre.items()}
+    nogo, _ = targets.nogo_mask(sub, body, oars, clearance_mm=2.0)
     return NeedleField(grid=sub, body=body, skin_depth_mm=skin, nogo=nogo, post_to_field=post_to_pre)
 
 
