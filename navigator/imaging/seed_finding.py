@@ -60,6 +60,7 @@ SEED_DIAMETER_MM = 0.8
 # re-estimated from the scan in hand by ``estimate_appearance``, as its comment says.
 FALLBACK_BLUR_SIGMA_MM = 0.35    # re-estimated: median Gaussian width across isolated unclipped in-plane seeds
 FALLBACK_SLICE_PROFILE = "box"   # re-estimated: neighbouring slices' share of a seed vs box/Gaussian predictions
+MAX_SEEDS_MIGRATED = 3  # a blob far from every planned seed holds at most this many (migrated seeds, a strand)
 FALLBACK_THRESHOLD_HU = 700.0    # re-estimated: tissue + half the dimmest isolated seeds' contrast, bounded
 FALLBACK_LOW_THRESHOLD_HU = 500.0   # re-estimated: tissue + 0.7 x (threshold - tissue), the fallbacks' ratio
 
@@ -87,6 +88,10 @@ class SeedFindingSettings:
     gaussian_share_fraction: float = 0.5  # profile is Gaussian above this point between the box and Gaussian shares
     min_fraction_of_seed: float = 0.4     # a blob with less than this fraction of one seed's integral is noise
     max_seeds_per_blob: int = 12          # more than this in one blob: not seeds (bone, a clip, a wire)
+    metal_hu: float = 2000.0              # an object this bright is metal (above cortical bone on any scanner)
+    dim_fraction: float = 0.5             # with metal in the scan, a blob below this share of the brightest
+                                          # peak is bone or calcification, unless it lies near a planned seed
+    prior_radius_mm: float = 10.0         # "near a planned seed" (partial-volume seeds on thick slices)
     min_seed_integral_hu_mm3: float = 5000.0   # a 2.3 mm3 metal seed carries more excess HU x volume than this
     thick_slice_mm: float = 2.0           # slices at least this thick use the slice-profile z fit
     z_fit_reach_slices: float = 0.6       # the z fit moves a centre at most this many slices from its centroid
@@ -177,7 +182,8 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     spacing = np.asarray(ct.spacing_mm, dtype=float)            # (si, sj, sk)
     thickness = float(ct.meta.get("slice_thickness_mm") or spacing[2])
     planned_img, planned_axes_img = _planned_in_image(ct, spacing, planned_mm, planned_axes)
-    blobs, n_blobs, unit, appearance, s = _calibrated_blobs(ct, roi_mask, spacing, thickness, settings, expected)
+    blobs, n_blobs, unit, appearance, s = _calibrated_blobs(ct, roi_mask, spacing, thickness, settings, expected,
+                                                            planned_img)
     thick = spacing[2] >= s.thick_slice_mm or thickness >= s.thick_slice_mm
     keep, warnings = _seed_blobs(ct, blobs, n_blobs, unit, spacing, s, expected)
     seeds = _seeds_of(keep, ct, spacing, thickness, thick, planned_img, planned_axes_img, s)
@@ -204,7 +210,7 @@ def _planned_in_image(ct: Volume, spacing: np.ndarray, planned_mm, planned_axes)
 
 
 def _calibrated_blobs(ct: Volume, roi_mask, spacing: np.ndarray, thickness: float, settings: SeedFindingSettings,
-                      expected):
+                      expected, planned_img=None):
     """The bright blobs and one seed's excess integral, measured with the settings the scan's own appearance
     gives: a first pass with the caller's values, else the fallbacks; then the appearance is measured on this
     scan's isolated seeds and, where it differs from what the first pass used, the blobs are measured again.
@@ -215,15 +221,44 @@ def _calibrated_blobs(ct: Volume, roi_mask, spacing: np.ndarray, thickness: floa
                 scanner_blur_sigma_mm=_given(settings.scanner_blur_sigma_mm, FALLBACK_BLUR_SIGMA_MM),
                 slice_profile=_given(settings.slice_profile, FALLBACK_SLICE_PROFILE))
     blobs, n_blobs = _detect(ct, roi_mask, spacing, thickness, s)
-    unit = _calibrate_unit([b["integral"] for b in blobs], expected)
+    blobs, calib = _seed_candidates(blobs, planned_img, s)
+    unit = _calibrate_unit([b["integral"] for b in calib], expected)
     appearance = estimate_appearance(ct.array, blobs, unit, spacing, thickness, settings, s)
     s_est = replace(s, threshold_hu=appearance.threshold_hu, low_threshold_hu=appearance.low_threshold_hu,
                     scanner_blur_sigma_mm=appearance.blur_sigma_mm, slice_profile=appearance.slice_profile)
     if s_est != s:
         s = s_est
         blobs, n_blobs = _detect(ct, roi_mask, spacing, thickness, s)
-        unit = _calibrate_unit([b["integral"] for b in blobs], expected)
+        blobs, calib = _seed_candidates(blobs, planned_img, s)
+        unit = _calibrate_unit([b["integral"] for b in calib], expected)
     return blobs, n_blobs, unit, appearance, s
+
+
+def _seed_candidates(blobs: list, planned_img, s: SeedFindingSettings) -> tuple[list, list]:
+    """(the blobs that can be seeds, the blobs that measure one seed's integral). Left in, bone and
+    calcifications set the size of "one seed" (the unit) and make a cluster of real seeds look like bone.
+
+    Seeds are the brightest objects of a post-implant scan: when it holds metal (a peak above ``metal_hu``), a
+    blob dimmer than ``dim_fraction`` of the brightest peak is not a seed, unless it lies near a planned seed (a
+    seed cut by a thick slice peaks lower). With the planned seeds known, the blobs near them measure the unit;
+    a blob far from every planned seed stays a candidate (a migrated seed) only when it is as bright as those
+    (``dim_fraction`` of their peak) and is marked ``far`` (``_seed_blobs`` then wants about one seed in it)."""
+    if not blobs:
+        return blobs, blobs
+    for b in blobs:
+        b["near_plan"] = planned_img is not None and len(planned_img) > 0 and \
+            float(np.min(np.linalg.norm(planned_img - b["centroid_img"], axis=1))) <= s.prior_radius_mm
+    top = max(b["peak_hu"] for b in blobs)
+    if top >= s.metal_hu:
+        blobs = [b for b in blobs if b["peak_hu"] >= s.dim_fraction * top or b["near_plan"]] or blobs
+    near = [b for b in blobs if b["near_plan"]]
+    if not near:
+        return blobs, blobs
+    ref = max(b["peak_hu"] for b in near)
+    far = [b for b in blobs if not b["near_plan"] and b["peak_hu"] >= s.dim_fraction * ref]
+    for b in far:
+        b["far"] = True
+    return near + far, near
 
 
 def _seed_blobs(ct: Volume, blobs: list, n_blobs: int, unit: float, spacing: np.ndarray, s: SeedFindingSettings,
@@ -238,7 +273,8 @@ def _seed_blobs(ct: Volume, blobs: list, n_blobs: int, unit: float, spacing: np.
     for b in blobs:
         b["ratio"] = b["integral"] / unit
     blobs = _merge_fragments(blobs, unit, s)
-    keep = [b for b in blobs if b["ratio"] >= s.min_fraction_of_seed]
+    keep = [b for b in blobs if b["ratio"] >= s.min_fraction_of_seed
+            and not (b.get("far") and not s.min_fraction_of_seed <= b["ratio"] <= MAX_SEEDS_MIGRATED + 0.5)]
     too_big = [b for b in keep if b["ratio"] > s.max_seeds_per_blob + 0.5]
     seed_peak = float(np.median([b["peak_hu"] for b in keep if b not in too_big] or [np.inf]))
     for b in too_big:

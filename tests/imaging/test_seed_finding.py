@@ -187,3 +187,33 @@ def test_five_mm_slices_neighbouring_needles_in_one_blob_keep_their_slices():
     dd = res.positions_mm[c] - pos[r]
     ok = (np.linalg.norm(dd[:, :2], axis=1) < 1.5) & (np.abs(dd[:, 2]) <= 5.0 / 2 + 0.5)
     assert ok.sum() >= 99, f"{ok.sum()} of {len(pos)} seeds found"
+
+
+@pytest.mark.parametrize("scanner", ["vendor_b", "vendor_d"])
+def test_a_cluster_of_seeds_among_bone_on_thick_slices(scanner):
+    """Crossing needles leave all 8 seeds in one cluster; on 5 mm slices their peaks (600-1200 HU) are no
+    brighter than the vertebrae. The blobs near the planned seeds measure one seed (issue #12: the finder took
+    8 pieces of bone instead, 0 of 8 seeds found)."""
+    from simulators.phantoms import (NeedleErrorModel, draw_needles, make_patient, needle_layout, postimplant_scan,
+                                     seeds_along)
+
+    patient = make_patient("neck", 3, matrix=(200, 200), n_slices=44)
+    rng = np.random.default_rng(7)
+    planned_needles = needle_layout(patient, "crossing", 4)
+    placed = [(d.entry_mm, d.tip_mm) for d in draw_needles(planned_needles, NeedleErrorModel(), rng)]
+    seeds, axes = seeds_along(patient, placed, 2)
+    planned, planned_axes = seeds_along(patient, planned_needles, 2)   # where the plan put them
+    post = postimplant_scan(patient, seeds, axes, np.eye(4), rng=rng, slice_mm=5.0, length_mm=80.0,
+                            scanner=scanner, pixel_mm=1.0 if scanner == "vendor_d" else 0.9, matrix=(120, 120))
+    truth = np.array(post.meta["truth"]["seeds_mm"])
+    res = find_seeds(post, expected=len(truth), planned_mm=planned, planned_axes=planned_axes)
+    from scipy.optimize import linear_sum_assignment
+
+    assert len(res.seeds) == len(truth)
+    d = np.linalg.norm(res.positions_mm[:, None] - truth[None], axis=2)
+    rows, cols = linear_sum_assignment(d)
+    diff = res.positions_mm[rows] - truth[cols]
+    # in the slice plane to within a seed's width; through the 5 mm slices, where two seeds 3 mm apart share a
+    # slice, to within one slice (the bench reports this z as not resolvable: RMS 1.2 mm at best)
+    assert np.linalg.norm(diff[:, :2], axis=1).max() < 1.5, diff
+    assert np.abs(diff[:, 2]).max() < 5.0, diff
