@@ -276,7 +276,8 @@ def _seed_blobs(ct: Volume, blobs: list, n_blobs: int, unit: float, spacing: np.
     keep = [b for b in blobs if b["ratio"] >= s.min_fraction_of_seed
             and not (b.get("far") and not s.min_fraction_of_seed <= b["ratio"] <= MAX_SEEDS_MIGRATED + 0.5)]
     too_big = [b for b in keep if b["ratio"] > s.max_seeds_per_blob + 0.5]
-    seed_peak = float(np.median([b["peak_hu"] for b in keep if b not in too_big] or [np.inf]))
+    big = {id(b) for b in too_big}   # by identity: blobs are dicts of arrays, == would compare the arrays
+    seed_peak = float(np.median([b["peak_hu"] for b in keep if id(b) not in big] or [np.inf]))
     for b in too_big:
         if b["peak_hu"] < 0.8 * seed_peak:     # dimmer than the seeds: bone, not worth a warning
             continue
@@ -285,7 +286,7 @@ def _seed_blobs(ct: Volume, blobs: list, n_blobs: int, unit: float, spacing: np.
             f"a bright object of {b['volume_mm3']:.0f} mm3 ({b['ratio']:.0f} seeds' worth of metal) at LPS "
             f"({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm is not counted as seeds (bone, a clip or a wire?); "
             "check it on the images")
-    keep = [b for b in keep if b not in too_big]
+    keep = [b for b in keep if id(b) not in big]
     if not keep:
         raise InputError(
             f"post-implant CT: {n_blobs} bright object(s) above {s.threshold_hu:.0f} HU but none looks like an "

@@ -1,8 +1,9 @@
 """The full rehearsal: a whole simulated procedure on a synthetic patient (``navigator rehearse``).
 
-Pre-plan -> reference needles (insert, scan, register, check, correct)* -> all needles (same loop) -> seed
-delivery through the applicator over a real byte stream -> post-implant scan and evaluation ->
-supplementary seeds (plan, deliver, rescan)* -> report.
+Pre-plan -> reference needles (insert, scan, register, check, correct)* -> all needles (same loop) -> re-plan
+on the needles as found (``navigator replan``; the revision is delivered when its predicted D90 beats the
+pre-plan loading's as placed) -> seed delivery through the applicator over a real byte stream -> post-implant
+scan and evaluation -> supplementary seeds (plan, deliver, rescan)* -> report.
 
 Two worlds meet here and are kept apart:
 - the *simulated world* (``world.py``, on ``simulators.phantoms``): where the needles and seeds really are, in
@@ -61,6 +62,10 @@ class RehearsalOptions:
     # Rehearse an abandoned needle (bleeding, a vessel in the way): the operator leaves out this many of the
     # needles carrying the most seeds, which leaves a cold region for the supplementary-seed loop.
     skip_needles: int = 0
+    # The re-plan on the needles as found is delivered when its predicted CTV D90 beats the pre-plan's loading
+    # as placed on them by at least this much (a smaller gain is not worth a changed loading) and it keeps
+    # every OAR under its limit.
+    replan_min_gain_gy: float = 1.0
     progress: object = None
 
 
@@ -166,9 +171,8 @@ class Rehearsal:
             if not out:
                 break
             if rnd == self.o.max_needle_rounds:
-                for nid in out:
-                    if nid not in check.accepted:
-                        self.session.operator_override(nid, f"accepted after {rnd} insertions (rehearsal operator)")
+                self.accept_deviations(scan, [nid for nid in out if nid not in check.accepted],
+                                       f"accepted after {rnd} insertions (rehearsal operator)")
                 break
             to_redraw = out  # the operator re-inserts what the advice says, more carefully
         # Only the transition this scan has not made yet: a run resumed after the reference needles were
@@ -177,6 +181,11 @@ class Rehearsal:
         if self.session.state in before:
             self.session.needles_checked(scan)
         return actual, rounds
+
+    def accept_deviations(self, scan: str, needle_ids: list[str], reason: str) -> None:
+        """The physicist accepts the deviations of needles still out of tolerance after the last round."""
+        for nid in needle_ids:
+            self.session.operator_override(nid, reason)
 
     def _journal_check(self, scan: str, rnd: int, needles: list[dict]):
         """Journal the needle check once (a resumed run finds it in the facts)."""
@@ -258,6 +267,39 @@ class Rehearsal:
                                 f"the ledger {ledger.path} says what left the applicator; resume to continue")
         return data
 
+    # --- 3b. re-plan on the needles as found ----------------------------------------------------------------
+    def replan(self, plan_path: Path, needle_rounds: dict) -> dict:
+        """`navigator replan` on the last all-needles check; whether its revision is to be delivered, and why."""
+        check = Path(needle_rounds["all"][-1]["dir"]) / "needles.json"
+        out = self.out / "replan"
+        rc = self.navigator("replan", "--plan", plan_path, "--needles", check, "--preplan-ct", self.case["ct_dir"],
+                            "--structures", self.out / "plan" / "RTSTRUCT.dcm", "--out", out, ok=(0, 2, 3))
+        base = {"exit_code": rc, "seeds_preplan": len(self.plan_obj.seeds)}
+        if rc == 2:
+            return {**base, "used": False, "reason": "the navigator refused to re-plan (exit 2); the pre-plan is "
+                                                      "delivered as placed"}
+        data = json.loads((out / "replan.json").read_text())
+        gain = float(data["metrics_replan"]["D90_gy"] - data["metrics_as_placed"]["D90_gy"])
+        oars_ok = all(v.get("ok", True) for k, v in data["checks"].items() if k.startswith("oar "))
+        why_not = ("an OAR limit would be exceeded" if not oars_ok else
+                   f"a gain under {self.o.replan_min_gain_gy:g} Gy" if gain < self.o.replan_min_gain_gy else
+                   None if self.delivers_revisions() else
+                   "this rehearsal delivers through a path that takes its own session's plan")
+        used = why_not is None
+        reason = (f"predicted CTV D90 {data['metrics_replan']['D90_gy']:.1f} Gy against "
+                  f"{data['metrics_as_placed']['D90_gy']:.1f} Gy for the pre-plan loading as placed ({gain:+.1f} Gy); "
+                  + ("the revision is delivered" if used else f"the pre-plan is delivered as placed: {why_not}"))
+        return {**base, "used": used, "reason": reason, "plan_json": str(out / "plan.json"),
+                "d90_gain_gy": round(gain, 3), "metrics_as_placed": data["metrics_as_placed"],
+                "metrics_replan": data["metrics_replan"], "seeds": data["seeds"], "seeds_moved": data["seeds_moved"],
+                "needles_used": data["needles_used"], "needles_dropped": data.get("needles_dropped", []),
+                "replan_seconds": data["seconds"], "goals_met": rc == 0}
+
+    def delivers_revisions(self) -> bool:
+        """Whether ``deliver`` delivers the plan file it is given (this class's does; a subclass delivering
+        through ``navigator serve`` delivers the live session's plan, which takes no revision yet)."""
+        return type(self).deliver is Rehearsal.deliver
+
     def delivery_plan(self, plan_path: Path) -> Path:
         """The plan to deliver: the pre-plan, less any needles the operator abandons (``skip_needles``), with
         an ``X<n>`` label for each needle placed without the template (``hole`` null, e.g. the planner's single
@@ -289,10 +331,12 @@ class Rehearsal:
 
     # --- 5. post-implant scan and evaluation ---------------------------------------------------------------
     def postimplant(self, name: str, seeds_world: np.ndarray, axes_world: np.ndarray, plan_path: Path) -> dict:
-        """Render the post-implant CT with the seeds where they really are; the navigator evaluates it."""
+        """Render the post-implant CT with the seeds where they really are; the navigator evaluates it against
+        the plan delivered (the pre-plan or its revision), with the pre-plan's structures (CTV, OARs)."""
         scan_dir = self.out / name
         ct_dir = self.world.postimplant_scan(name, seeds_world, axes_world, scan_dir)
         self.navigator("postimplant", "--plan", plan_path, "--preplan-ct", self.case["ct_dir"], "--ct", ct_dir,
+                       "--structures", self.out / "plan" / "RTSTRUCT.dcm",
                        "--expected-seeds", len(seeds_world), "--out", scan_dir)
         result = json.loads((scan_dir / "postimplant.json").read_text())
         return {"dir": str(scan_dir), "result": _summary_of_postimplant(result), "truth_seeds": len(seeds_world)}
@@ -321,10 +365,14 @@ class Rehearsal:
     def run(self) -> dict:
         plan_path = self.preplan()
         actual, needle_rounds = self.needles(self.plan_obj)
+        self.replanned = self.step("replan", lambda: self.replan(plan_path, needle_rounds))
+        if self.replanned.get("used"):
+            plan_path = Path(self.replanned["plan_json"])  # the approved revision is delivered and evaluated
+        delivered = Plan.load(plan_path)
         delivery = self.step("delivery", lambda: self.deliver(self.delivery_plan(plan_path), "delivery"))
         if self.session.state == State.ALL_NEEDLES_CHECKED:
             self.session.seeds_delivered(delivery)
-        seeds_world, axes_world = self.world.seeds_released(self.plan_obj, actual, delivery, "delivery")
+        seeds_world, axes_world = self.world.seeds_released(delivered, actual, delivery, "delivery")
         first_post = self.step("postimplant_1", lambda: self.postimplant("postimplant_1", seeds_world, axes_world,
                                                                           plan_path))
         if self.session.state == State.SEEDS_DELIVERED:
@@ -389,7 +437,8 @@ class Rehearsal:
             "preplan_metrics": self.plan_obj.metrics,
             "postimplant_metrics": first_post["result"]["metrics"],
             "final_metrics": post["result"]["metrics"],
-            "seeds_planned": len(self.plan_obj.seeds),
+            # the plan delivered: the pre-plan, or its revision on the needles as found
+            "seeds_planned": len(Plan.load(self._delivered_plan_path()).seeds),
             "seeds_released": delivery["released"],
             "supplementary_seeds": supplementary,
             "device_released_total": self._device_total(),
@@ -403,9 +452,14 @@ class Rehearsal:
             "timings_s": {k: v.get("seconds") for k, v in self.session.facts.steps_done.items()
                           if isinstance(v, dict) and "seconds" in v},
             "out": str(self.out),
+            "replan": dict(getattr(self, "replanned", None) or {}),  # the re-plan step: used or not, and why
         }
         result["seconds"] = round(sum(v for v in result["timings_s"].values() if v), 1)
         return result
+
+    def _delivered_plan_path(self) -> Path:
+        rp = getattr(self, "replanned", None) or {}
+        return Path(rp["plan_json"]) if rp.get("used") else self.out / "plan" / "plan.json"
 
     def _device_total(self) -> int | None:
         """The applicator's own released counter (since its power-up) after the last delivery."""

@@ -1,10 +1,10 @@
 """``report.html`` of a rehearsal, written at its end (page: ``navigator.report.pages.rehearsal``).
 
 This module gathers the page's inputs from the rehearsal's folder and the session journal: the result, the
-journal's finished steps (replayed), the plan with its CT, RT Dose and RT Structure Set, and each post-implant
-scan's postimplant.json with its CT and RT Dose. The pictures are drawn from those results, never copied out of
-the steps' own HTML pages. A picture whose inputs cannot be read is replaced by a line saying why; the report
-is written all the same.
+journal's finished steps (replayed), the plan with its CT, RT Dose and RT Structure Set, the re-plan's
+replan.json (when one was made), and each post-implant scan's postimplant.json with its CT and RT Dose. The
+pictures are drawn from those results, never copied out of the steps' own HTML pages. A picture whose inputs
+cannot be read is replaced by a line saying why; the report is written all the same.
 """
 
 from __future__ import annotations
@@ -75,6 +75,12 @@ def write_report(out: Path, result: dict) -> Path:
             scene_png = scene.read_bytes()
         except Exception as exc:  # noqa: BLE001
             problems["3D picture"] = str(exc)
+    replan_json = None
+    if (result.get("replan") or {}).get("metrics_replan"):
+        try:
+            replan_json = json.loads((out / "replan" / "replan.json").read_text())
+        except (OSError, ValueError) as exc:
+            problems["re-plan"] = str(exc)
     path = out / "report.html"
-    path.write_text(rehearsal_page(result, steps, plan, plan_images, scans, scene_png, problems))
+    path.write_text(rehearsal_page(result, steps, plan, plan_images, scans, scene_png, problems, replan_json))
     return path

@@ -22,7 +22,10 @@ Layout we write (PS3.3 C.8.8.15 RT Brachy Application Setups; no private attribu
   to its CTV, the implant date (the dose is computed with the strength decayed to it) and what the source
   strength's reference date is;
 - ChannelTotalTime = the source's mean life (T1/2 / ln 2) in s: a permanent implant delivers its total dose
-  as if at the initial rate for one mean life.
+  as if at the initial rate for one mean life;
+- a revision (the intraoperative re-plan, ``plan.extra["revision"]``) references the plan it revises through
+  ReferencedRTPlanSequence (RTPlanRelationship PREDECESSOR: the plan used in deriving this one) and says so in
+  a description line ``Revision N of RT Plan <SOP Instance UID>``; ``read_rtplan`` reads both back.
 
 Import (``read_rtplan``) also takes plans from other planning systems: one channel per seed (two control
 points at one position) or one channel per needle (control points along the needle; a seed wherever the
@@ -66,6 +69,7 @@ _SAME_POSITION_MM = 0.01
 _CT_SERIES_TEXT = "Planned on CT series "
 _TARGET_TEXT = "Target: "
 _IMPLANT_TEXT = "Implant date: "
+_REVISION_TEXT = "Revision "
 # Another planning system's SourceApplicatorID: a hole label in its own style ("C7", "Aa 3", "D-4", "E3.5" for a
 # half-hole); wider than our own ids (core.template.hole_rc), which this importer must not reject.
 _FOREIGN_HOLE_RE = re.compile(r"^[A-Za-z]{1,2}\s?-?\d{1,2}(\.5)?$")
@@ -79,7 +83,8 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
                  reference_time: str | None = None, sop_instance_uid: str | None = None,
                  needle_roi_numbers: dict | None = None, series_number: int | None = None,
                  uid_seed: str | None = None, target_roi_name: str | None = None,
-                 series_description: str = "navigator pre-plan: I-125 seeds") -> tuple[Path, str]:
+                 series_description: str = "navigator pre-plan: I-125 seeds",
+                 referenced_rtplan_uid: str | None = None) -> tuple[Path, str]:
     """Write ``plan`` as an RT Plan (BrachyTreatmentTechnique PERMANENT, BrachyTreatmentType LDR).
 
     Seed strength (see ``_source_strength``): ``plan.extra["source_strength"]`` (written by ``navigator plan``)
@@ -95,6 +100,8 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     structure set; each channel then references its needle's ROI (else the reference is left empty).
     ``series_number``: default 3 above the CT's (``PatientInfo.series_number_above``).
     ``uid_seed``: derive generated UIDs from this string (reproducible simulator output).
+    ``referenced_rtplan_uid``: the SOP Instance UID of the plan this one revises (default
+    ``plan.extra["based_on_sop_instance_uid"]`` of a revision): referenced as its PREDECESSOR.
     Returns (path, SOP Instance UID) — give the UID to ``write_rtdose(plan_sop_uid=...)``.
     """
     if not plan.seeds and not plan.needles:
@@ -115,6 +122,9 @@ def write_rtplan(path, plan: Plan, ct: Volume | None = None, patient: PatientInf
     ds.PositionReferenceIndicator = ""
     ds.InstanceNumber = 1
     _general_plan(ds, plan, ct, label, structure_set_sop_uid, roi_name, strength)
+    predecessor = referenced_rtplan_uid or (plan.extra.get("based_on_sop_instance_uid") or None)
+    if predecessor:
+        ds.ReferencedRTPlanSequence = Sequence([_predecessor(str(predecessor))])
     ds.DoseReferenceSequence = Sequence([_dose_reference(plan, roi_name, target_roi_number, structure_set_sop_uid,
                                                          uid_seed)])
     ds.PrescriptionDescription = f"{plan.prescription_gy:g} Gy to {roi_name} (total dose of the permanent implant)"
@@ -195,6 +205,9 @@ def _general_plan(ds: Dataset, plan: Plan, ct: Volume | None, label: str, struct
         lines.append(f"{_TARGET_TEXT}{plan.target}; the prescription is to {roi_name}")
     if strength["implant_date"]:
         lines.append(f"{_IMPLANT_TEXT}{strength['implant_date']}")
+    if plan.extra.get("revision") and plan.extra.get("based_on_sop_instance_uid"):
+        lines.append(f"{_REVISION_TEXT}{int(plan.extra['revision'])} of RT Plan {plan.extra['based_on_sop_instance_uid']}"
+                     " (re-planned on the needles as found)")
     lines.append(strength["text"])
     ds.RTPlanDescription = "\n".join(lines)
     ds.RTPlanDate = date
@@ -204,6 +217,29 @@ def _general_plan(ds: Dataset, plan: Plan, ct: Volume | None, label: str, struct
         ds.ReferencedStructureSetSequence = Sequence([_ref(RT_STRUCTURE_SET_STORAGE, structure_set_sop_uid)])
     else:
         ds.RTPlanGeometry = "TREATMENT_DEVICE"
+
+
+def _predecessor(sop_instance_uid: str) -> Dataset:
+    """An item of ReferencedRTPlanSequence: the plan this one was derived from."""
+    item = _ref(RT_PLAN_STORAGE, sop_instance_uid)
+    item.RTPlanRelationship = "PREDECESSOR"
+    return item
+
+
+def rtplan_identity(path) -> dict:
+    """What a revision needs of the RT Plan it revises: ``sop_instance_uid``, ``series_number`` (or None),
+    ``frame_of_reference_uid``, ``patient_id`` and ``study_instance_uid``. PlanError when it is not an RT Plan."""
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (pydicom.errors.InvalidDicomError, OSError) as exc:
+        raise PlanError(f"{path}: cannot read as DICOM ({exc}); give the RTPLAN.dcm of the plan") from None
+    if ds.get("Modality") != "RTPLAN" and ds.get("SOPClassUID") != RT_PLAN_STORAGE:
+        raise PlanError(f"{path}: not an RT Plan (Modality {ds.get('Modality')!r}); give the RTPLAN.dcm of the plan")
+    series = ds.get("SeriesNumber")
+    return {"sop_instance_uid": str(ds.get("SOPInstanceUID", "")), "series_number": None if series in (None, "")
+            else int(series), "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "") or ""),
+            "patient_id": str(ds.get("PatientID", "") or ""), "study_instance_uid": str(ds.get("StudyInstanceUID", ""))}
 
 
 def _dose_reference(plan: Plan, roi_name: str, target_roi_number: int | None, structure_set_sop_uid: str | None,
@@ -416,6 +452,8 @@ def read_rtplan(path, frame_of_reference_uid: str | None = None) -> Plan:
     if described.get("implant_date") and extra["source"]["reference_date"]:
         sk_u, factor = decayed_strength(sk_u, extra["source"]["reference_date"], described["implant_date"])
         extra["source"].update({"implant_date": described["implant_date"], "decay_factor": factor})
+    if described.get("revision"):
+        extra["revision"], extra["based_on_sop_instance_uid"] = described["revision"], described["based_on"]
     return Plan(frame_of_reference_uid=file_for or (frame_of_reference_uid or ""),
                 ct_series_uid=described.get("ct_series", ""), target=described.get("target") or target,
                 prescription_gy=float(rx), seed_model=_seed_model_of(src), seed_sk_u=float(sk_u),
@@ -566,6 +604,9 @@ def _described(ds) -> dict:
         m = re.fullmatch(re.escape(_IMPLANT_TEXT) + r"(\d{8})", line.strip())
         if m:
             out["implant_date"] = m.group(1)
+        m = re.match(re.escape(_REVISION_TEXT) + r"(\d+) of RT Plan ([0-9.]+)", line)
+        if m:
+            out["revision"], out["based_on"] = int(m.group(1)), m.group(2)
     return out
 
 
@@ -584,6 +625,11 @@ def _read_extra(ds, src, notes: list) -> dict:
         extra["template"] = {"number": int(setup.get("TemplateNumber") or 0),
                              "type": str(setup.get("TemplateType", "") or ""),
                              "name": str(setup.get("TemplateName", "") or "")}
+    refs = [{"sop_instance_uid": str(r.get("ReferencedSOPInstanceUID", "") or ""),
+             "relationship": str(r.get("RTPlanRelationship", "") or "")}
+            for r in ds.get("ReferencedRTPlanSequence", []) or []]
+    if refs:
+        extra["referenced_rtplans"] = refs
     if notes:
         extra["import_notes"] = notes
     return extra

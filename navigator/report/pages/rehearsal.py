@@ -1,6 +1,7 @@
-"""report.html of a rehearsal: dose metrics pre-plan / post-implant / final, a 3D picture of the implant, the
-pre-plan's and each post-implant scan's DVH and isodoses, the needle deviations per scan, the seed ledger
-reconciled against the device and the post-implant CTs, and the timings per step.
+"""report.html of a rehearsal: dose metrics pre-plan / re-plan / post-implant / final side by side, the re-plan
+on the needles as found (used or not, and why), a 3D picture of the implant, the pre-plan's and each
+post-implant scan's DVH and isodoses, the needle deviations per scan, the seed ledger reconciled against the
+device and the post-implant CTs, and the timings per step.
 
 Every picture is drawn here from results (the plan, its dose and structures, each postimplant.json with its CT
 and dose), with the functions the plan and post-implant pages use: nothing is copied out of another page.
@@ -19,11 +20,7 @@ from navigator.report import html as H
 from navigator.report.pages.needles import needle_table
 from navigator.report.pages.plan import PlanImages, plan_pictures
 from navigator.report.pages.postimplant import PostimplantImages, postimplant_pictures
-
-METRIC_ROWS = [("ctv_cc", "CTV volume (cc)", "{:.1f}"), ("D90_gy", "D90 (Gy)", "{:.1f}"),
-               ("D100_gy", "D100 (Gy)", "{:.1f}"), ("V90_pct", "V90 (%)", "{:.1f}"),
-               ("V100_pct", "V100 (%)", "{:.1f}"), ("V150_pct", "V150 (%)", "{:.1f}"),
-               ("V200_pct", "V200 (%)", "{:.1f}"), ("HI", "HI", "{:.3f}")]
+from navigator.report.pages.replan import METRIC_ROWS, comparison_table
 
 
 @dataclass
@@ -55,13 +52,29 @@ def implant_picture(path, plan: Plan, images: PlanImages, post_result: dict | No
 
 
 def metrics_table(result: dict) -> str:
-    """Seeds and CTV metrics as planned, after the implant and after the supplementary seeds."""
-    cols = [result.get("preplan_metrics") or {}, result.get("postimplant_metrics") or {},
-            result.get("final_metrics") or {}]
-    rows = [["seeds", result.get("seeds_planned"), result.get("seeds_released"),
+    """Seeds and CTV metrics side by side: as pre-planned, as re-planned on the needles as found (predicted;
+    a dash where no re-plan was made), after the implant and after the supplementary seeds."""
+    rp = result.get("replan") or {}
+    cols = [result.get("preplan_metrics") or {}, rp.get("metrics_replan") or {},
+            result.get("postimplant_metrics") or {}, result.get("final_metrics") or {}]
+    rows = [["seeds", rp.get("seeds_preplan", result.get("seeds_planned")), rp.get("seeds"),
+             result.get("seeds_released"),
              (result.get("seeds_released") or 0) + (result.get("supplementary_seeds") or 0)]]
     rows += [[label] + [H.num(m.get(key), spec) for m in cols] for key, label, spec in METRIC_ROWS]
-    return H.table(rows, ["", "pre-plan", "post-implant", "final (after supplementary seeds)"])
+    used = "delivered" if rp.get("used") else ("not used" if rp.get("metrics_replan") else "none")
+    return H.table(rows, ["", "pre-plan", f"re-plan ({used})", "post-implant", "final (after supplementary seeds)"])
+
+
+def replan_section(result: dict, replan_json: dict | None) -> str:
+    """Whether the implant was re-planned on the needles as found and why; the re-plan's comparison table."""
+    rp = result.get("replan") or {}
+    if not rp:
+        return ""
+    parts = [H.paragraph(f"Re-plan after the all-needles check: {rp.get('reason', '')}",
+                         "ok" if rp.get("used") else "")]
+    if replan_json:
+        parts.append(comparison_table(replan_json))
+    return H.section("Re-plan on the needles as found", *parts)
 
 
 def needle_sections(result: dict, steps: dict) -> str:
@@ -117,18 +130,21 @@ def _pictures(plan: Plan | None, plan_images: PlanImages | None, scans, scene_pn
 
 
 def rehearsal_page(result: dict, steps: dict, plan: Plan | None = None, plan_images: PlanImages | None = None,
-                   scans=(), scene_png: bytes | None = None, problems: dict | None = None) -> str:
+                   scans=(), scene_png: bytes | None = None, problems: dict | None = None,
+                   replan_json: dict | None = None) -> str:
     """report.html. ``result``: the rehearsal's result dict; ``steps``: the journal's finished steps
     (``{step: result}``); ``plan`` and ``plan_images``: the pre-plan and its pictures' inputs; ``scans``:
     :class:`PostimplantScan` in order; ``scene_png``: the 3D picture (:func:`implant_picture`);
-    ``problems``: ``{"3D picture" | "pre-plan": why it is missing}``."""
+    ``problems``: ``{"3D picture" | "pre-plan": why it is missing}``; ``replan_json``: the re-plan's
+    replan.json, when one was made."""
     case = result.get("case")
     return H.page(
         f"Rehearsal {case}",
         H.paragraph(f"Prescription {H.fmt(result.get('prescription_gy'), 0)} Gy (matched peripheral dose), total "
                     f"{H.fmt(result.get('seconds'), 0)} s. All coordinates LPS mm; doses are total doses of the "
                     "permanent implant (TG-43U1)."),
-        H.section("Dose metrics: pre-plan, post-implant, final", metrics_table(result)),
+        H.section("Dose metrics: pre-plan, re-plan, post-implant, final", metrics_table(result)),
+        replan_section(result, replan_json),
         *_pictures(plan, plan_images, scans, scene_png, problems or {}),
         H.section("Needle deviations per scan", needle_sections(result, steps)),
         H.section("Seed ledger, device and post-implant CT", ledger_tables(steps)),
