@@ -27,6 +27,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-needles", type=number(0, 50, integer=True), default=0, metavar="N",
                         help="rehearse abandoned needles: leave out the N needles with the most seeds (a cold region "
                              "for the supplementary-seed loop; default 0)")
+    parser.add_argument("--live", action="store_true",
+                        help="through the live path: `navigator serve` receives every scan by DICOM C-STORE and the "
+                             "simulated physicist acts through its HTTP API (OUT/live/)")
+    parser.add_argument("--watch", action="store_true",
+                        help="--live at a human pace, printing the console's URL and login so a team can follow "
+                             "the rehearsal in a browser")
+    parser.add_argument("--pace-s", type=number(0, 600, "s"), default=None,
+                        help="with --watch: seconds before each step (default 4)")
+    parser.add_argument("--http-port", type=number(0, 65535, integer=True), default=None,
+                        help="with --live/--watch: the console's port on 127.0.0.1 (default: 8080 with --watch, else any "
+                             "free port)")
     parser.add_argument("--json", action="store_true", help="print rehearsal.json to stdout instead of a summary")
 
 
@@ -45,7 +56,18 @@ def run(args) -> int:
     opts = RehearsalOptions(out=out, case=args.case, seed=args.seed, device_url=args.device, rx_gy=args.rx_gy,
                             activity_mci=args.activity_mci, seed_model=args.seed_model, progress=progress.step,
                             skip_needles=max(0, args.skip_needles))
-    rehearsal = Rehearsal(opts)
+    if args.watch or args.live:
+        from navigator.rehearsal.live_path import LiveRehearsal
+
+        def announce(text: str) -> None:
+            print(text, flush=True)
+
+        rehearsal = LiveRehearsal(opts, pace_s=(4.0 if args.pace_s is None else args.pace_s) if args.watch else 0.0,
+                                  http_port=args.http_port if args.http_port is not None else (8080 if args.watch else 0),
+                                  series_quiet_s=1.0 if args.watch else 0.5,
+                                  announce=announce if args.watch else None)
+    else:
+        rehearsal = Rehearsal(opts)
     try:
         result = rehearsal.run()
     finally:

@@ -269,36 +269,41 @@ class Rehearsal:
 
     # --- 3b. re-plan on the needles as found ----------------------------------------------------------------
     def replan(self, plan_path: Path, needle_rounds: dict) -> dict:
-        """`navigator replan` on the last all-needles check; whether its revision is to be delivered, and why."""
-        check = Path(needle_rounds["all"][-1]["dir"]) / "needles.json"
-        out = self.out / "replan"
-        rc = self.navigator("replan", "--plan", plan_path, "--needles", check, "--preplan-ct", self.case["ct_dir"],
-                            "--structures", self.out / "plan" / "RTSTRUCT.dcm", "--out", out, ok=(0, 2, 3))
+        """The re-plan on the last all-needles check; whether its revision is to be delivered, and why."""
+        rc, data, revision = self.run_replan(plan_path, Path(needle_rounds["all"][-1]["dir"]))
         base = {"exit_code": rc, "seeds_preplan": len(self.plan_obj.seeds)}
-        if rc == 2:
+        if data is None:
             return {**base, "used": False, "reason": "the navigator refused to re-plan (exit 2); the pre-plan is "
                                                       "delivered as placed"}
-        data = json.loads((out / "replan.json").read_text())
         gain = float(data["metrics_replan"]["D90_gy"] - data["metrics_as_placed"]["D90_gy"])
         oars_ok = all(v.get("ok", True) for k, v in data["checks"].items() if k.startswith("oar "))
         why_not = ("an OAR limit would be exceeded" if not oars_ok else
-                   f"a gain under {self.o.replan_min_gain_gy:g} Gy" if gain < self.o.replan_min_gain_gy else
-                   None if self.delivers_revisions() else
-                   "this rehearsal delivers through a path that takes its own session's plan")
+                   f"a gain under {self.o.replan_min_gain_gy:g} Gy" if gain < self.o.replan_min_gain_gy else None)
         used = why_not is None
+        if used:
+            self.approve_replan()
         reason = (f"predicted CTV D90 {data['metrics_replan']['D90_gy']:.1f} Gy against "
                   f"{data['metrics_as_placed']['D90_gy']:.1f} Gy for the pre-plan loading as placed ({gain:+.1f} Gy); "
                   + ("the revision is delivered" if used else f"the pre-plan is delivered as placed: {why_not}"))
-        return {**base, "used": used, "reason": reason, "plan_json": str(out / "plan.json"),
+        return {**base, "used": used, "reason": reason, "plan_json": str(revision),
                 "d90_gain_gy": round(gain, 3), "metrics_as_placed": data["metrics_as_placed"],
                 "metrics_replan": data["metrics_replan"], "seeds": data["seeds"], "seeds_moved": data["seeds_moved"],
                 "needles_used": data["needles_used"], "needles_dropped": data.get("needles_dropped", []),
                 "replan_seconds": data["seconds"], "goals_met": rc == 0}
 
-    def delivers_revisions(self) -> bool:
-        """Whether ``deliver`` delivers the plan file it is given (this class's does; a subclass delivering
-        through ``navigator serve`` delivers the live session's plan, which takes no revision yet)."""
-        return type(self).deliver is Rehearsal.deliver
+    def run_replan(self, plan_path: Path, check_dir: Path) -> tuple[int, dict | None, Path]:
+        """`navigator replan` on the check in ``check_dir``: (exit code, replan.json or None when refused, the
+        revision's plan.json)."""
+        out = self.out / "replan"
+        rc = self.navigator("replan", "--plan", plan_path, "--needles", check_dir / "needles.json",
+                            "--preplan-ct", self.case["ct_dir"], "--structures", self.out / "plan" / "RTSTRUCT.dcm",
+                            "--out", out, ok=(0, 2, 3))
+        data = None if rc == 2 else json.loads((out / "replan.json").read_text())
+        return rc, data, out / "plan.json"
+
+    def approve_replan(self) -> None:
+        """The physicist approves the revision for delivery (here: it is the plan file delivered)."""
+        self.session.record("replan_approved", {"by": "rehearsal physicist"})
 
     def delivery_plan(self, plan_path: Path) -> Path:
         """The plan to deliver: the pre-plan, less any needles the operator abandons (``skip_needles``), with
