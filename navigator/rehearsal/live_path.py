@@ -44,7 +44,8 @@ class ServiceProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "navigator.cli", "serve", *args],
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     preexec_fn=_stop_with_parent)
         line = self._readline(ready_timeout_s)
         if not line.startswith("READY "):
             self.stop()
@@ -75,6 +76,17 @@ class ServiceProcess:
                 self.proc.wait(timeout=10)
         self._log.close()
         return self.proc.returncode
+
+
+def _stop_with_parent() -> None:
+    """In the child: SIGTERM it when the rehearsal dies (killed, even by SIGKILL), so no service is left
+    holding the session folder and its ports (Linux PR_SET_PDEATHSIG; elsewhere the rehearsal's own stop)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 class Console:
@@ -150,7 +162,9 @@ class LiveRehearsal(Rehearsal):
     # --- the service --------------------------------------------------------------------------------------------
     def run(self) -> dict:
         try:
-            return super().run()
+            result = super().run()
+            self._pace("the team reviews the result on the console; then the service stops", factor=3.0)
+            return result
         finally:
             if self.service is not None:
                 self.service.stop()
@@ -182,10 +196,10 @@ class LiveRehearsal(Rehearsal):
         self.announce(f"console: {self.service.http}/  (user {PHYSICIST}, password {password}); "
                       f"3D Slicer OpenIGTLink: {self.service.igtl}")
 
-    def _pace(self, what: str) -> None:
+    def _pace(self, what: str, factor: float = 1.0) -> None:
         if self.pace_s > 0:
             self.announce(f"next: {what}")
-            time.sleep(self.pace_s)
+            time.sleep(self.pace_s * factor)
 
     def _send(self, ct_dir: Path, what: str) -> dict:
         """The scanner sends the series; its row on /api/series once the service has processed it."""

@@ -84,3 +84,38 @@ def test_the_service_is_stopped_after_the_rehearsal(live_run):
     with socket.socket() as s:
         s.settimeout(2)
         assert s.connect_ex((host, int(port))) != 0, "the service still listens after the rehearsal"
+
+
+def test_killed_mid_procedure_the_service_goes_too_and_the_resume_ends_the_same(live_run, tmp_path):
+    """SIGKILL the live rehearsal during the needle rounds: its service dies with it (nothing left holding the
+    session or the ports); run again on the same folder, it resumes and ends with the same figures."""
+    import signal
+    import time
+
+    out0, result0, _ = live_run
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "navigator.cli", "rehearse", "--live", "--out", str(out), "--seed", "1", "--json"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "needles_all_2" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    entries = list(Journal.read(out / "live" / "session.jsonl"))
+    started = [e["data"] for e in entries if e["kind"] == "service_started"][-1]
+    host, port = started["http"].removeprefix("http://").rsplit(":", 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex((host, int(port))) != 0:
+                break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the service outlived the killed rehearsal")
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout)
+    for key in ("preplan_metrics", "postimplant_metrics", "final_metrics", "seeds_released", "device_released_total"):
+        assert result[key] == result0[key], key
