@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from navigator.errors import ClinicalCheckFailed, InputError, RegistrationError
-from navigator.commands._common import Progress, add_ct_option, add_output_options, emit, number, read_ct, staged_out
+from navigator.commands._common import (Progress, add_ct_option, add_output_options, ctv_structure_set, emit,
+                                       number, read_ct, staged_out)
 from navigator.io import write_json
 
 
@@ -71,7 +72,7 @@ def _run(args, out: Path, final: Path) -> int:
     write_json(out / "registration.json", reg.to_json())
 
     prog.step(f"finding {len(plan.needles)} needles; dose impact of each (TG-43, CTV D90)")
-    ctv, rs = _ctv_structure(args, pre)
+    _, ctv, rs = ctv_structure_set(args)
     pts, note = ctv_points(plan, ctv, pre.frame_of_reference_uid)
     check = check_needles(plan, ct, reg, pts, note or f"structure {args.ctv} of {rs}", options,
                           intraop_name=f"--ct {args.ct}")
@@ -105,21 +106,6 @@ def _read_registration(path, pre):
                          f"{reg.fixed_frame_of_reference_uid}, not the pre-plan CT's {pre.frame_of_reference_uid}")
     return reg
 
-
-def _ctv_structure(args, pre):
-    """The CTV structure (``--structures``, else RTSTRUCT.dcm beside plan.json) and its file, or (None, None)."""
-    from navigator.io.dicom import read_structure_set
-
-    rs = Path(args.structures) if args.structures else Path(args.plan).resolve().parent / "RTSTRUCT.dcm"
-    if not rs.exists():
-        return None, None
-    structs = read_structure_set(rs)
-    if args.ctv in structs:
-        return structs[args.ctv], rs
-    if args.structures:
-        raise InputError(f"--structures {rs}: no structure named {args.ctv!r} (it has {sorted(structs)}); "
-                         "name the CTV with --ctv")
-    return None, None
 
 
 # --- report -------------------------------------------------------------------------------------------------
