@@ -34,7 +34,8 @@ class ClusterError(InputError):
 class Runner(Protocol):
     workers: int
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], progress: Progress | None = None) -> list: ...
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], progress: Progress | None = None,
+            on_error: Callable[[Any, BaseException], Any] | None = None) -> list: ...
 
 
 class SerialRunner:
@@ -42,11 +43,16 @@ class SerialRunner:
 
     workers = 1
 
-    def map(self, fn, items, progress=None) -> list:
+    def map(self, fn, items, progress=None, on_error=None) -> list:
         items = list(items)
         out = []
         for i, item in enumerate(items):
-            out.append(fn(item))
+            try:
+                out.append(fn(item))
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                out.append(on_error(item, exc))
             if progress:
                 progress(i + 1, len(items))
         return out
@@ -62,7 +68,9 @@ class DaskRunner:
     def workers(self) -> int:
         return max(1, len(self.client.scheduler_info().get("workers", {})))
 
-    def map(self, fn, items, progress=None) -> list:
+    def map(self, fn, items, progress=None, on_error=None) -> list:
+        """``on_error(item, exc)``: the result of a task that raised or whose worker died (killed for memory,
+        lost with its machine); without it such a task stops the map."""
         from distributed import as_completed
 
         items = list(items)
@@ -72,7 +80,13 @@ class DaskRunner:
         index = {f.key: i for i, f in enumerate(futures)}
         results: list = [None] * len(items)
         for done, future in enumerate(as_completed(futures), start=1):
-            results[index[future.key]] = future.result()
+            i = index[future.key]
+            try:
+                results[i] = future.result()
+            except Exception as exc:  # KilledWorker, CommClosedError, the task's own exception
+                if on_error is None:
+                    raise
+                results[i] = on_error(items[i], exc)
             if progress:
                 progress(done, len(items))
         return results

@@ -25,7 +25,7 @@ import numpy as np
 
 from navigator.cohort import stats
 from navigator.cohort.outcomes import Outcomes, join
-from navigator.cohort.study import StudyOptions, analyse_study, study_tasks
+from navigator.cohort.study import StudyOptions, analyse_study, study_lost, study_tasks
 from navigator.errors import InputError
 
 METRIC_COLUMNS = ("ctv_cc", "D90_gy", "D100_gy", "V90_pct", "V100_pct", "V150_pct", "V200_pct", "HI")
@@ -62,7 +62,7 @@ def run_cohort(index, outcomes: Outcomes, options: CohortOptions, runner, progre
     ``progress(done, total)`` as studies complete."""
     t0 = time.perf_counter()
     tasks = study_tasks(index, options.study)
-    rows = runner.map(analyse_study, tasks, progress=progress)
+    rows = runner.map(analyse_study, tasks, progress=progress, on_error=study_lost)
     joined = join(rows, outcomes)
     outcome_of = {s["study_uid"]: o for s, o in joined.pairs}
     for r in rows:

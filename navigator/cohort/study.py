@@ -133,6 +133,17 @@ def analyse_study(task: StudyTask) -> dict:
     return row
 
 
+def study_lost(task: StudyTask, exc: BaseException) -> dict:
+    """The row of a study whose task never came back (its worker died: killed for memory, machine lost)."""
+    return {"patient_id": task.patient_id, "study_uid": task.study_uid, "study_date": task.study_date,
+            "study_time": task.study_time, "ct_series_uid": task.ct_series_uid,
+            "status": f"error: its worker died while analysing it ({type(exc).__name__}: {_one_line(exc)}); "
+                      "run it again, or give the workers more memory",
+            "seeds_found": None, "expected_seeds": None, "seed_model": None, "seed_sk_u": None,
+            "prescription_gy": None, "seed_data_from": None, "metrics": None, "warnings": [], "seeds_mm": [],
+            "ct_files": len(task.ct_files), "seconds": None}
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
