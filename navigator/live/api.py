@@ -225,6 +225,17 @@ def _read_routes(app: FastAPI, live, access: Access, reader) -> None:  # noqa: C
     def delivery(c: Caller = Depends(reader)):
         return live.delivery.to_json()
 
+    @app.get("/api/replan/latest")
+    def latest_replan(c: Caller = Depends(reader)):
+        data = live.latest_replan()
+        if data is None:
+            raise HTTPException(404, "no re-plan yet: after the check of all needles, run it (POST /api/replan)")
+        return data
+
+    @app.get("/api/replan/latest/html", response_class=HTMLResponse)
+    def latest_replan_html(c: Caller = Depends(reader)):
+        return _page(live.facts.replans, "replan.html", "no re-plan yet")
+
     @app.get("/api/report", response_class=HTMLResponse)
     def report(c: Caller = Depends(reader)):
         from navigator.live.report import session_report
@@ -276,13 +287,11 @@ def _change_routes(app: FastAPI, live, access: Access, changer, approver) -> Non
 
     @app.post("/api/replan")
     def replan(c: Caller = Depends(changer)):
-        raise HTTPException(501, "the intraoperative re-plan (`navigator replan`) is not available in this build; "
-                                 "correct the needles and rescan, or accept the deviations")
+        return live.replan(c.user)
 
     @app.post("/api/replan/approve")
     def replan_approve(c: Caller = Depends(approver)):
-        raise HTTPException(501, "the intraoperative re-plan (`navigator replan`) is not available in this build; "
-                                 "there is no re-plan to approve")
+        return live.approve_replan(c.user)
 
     @app.post("/api/delivery/start")
     def delivery_start(c: Caller = Depends(changer)):

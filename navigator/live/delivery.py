@@ -1,15 +1,21 @@
 """Seed delivery from the console: ``navigator.delivery.Delivery`` over ``--device`` in a background thread.
 
 Exactly-once is the delivery module's job (ledger before every RELEASE, reconciliation after a lost link);
-here: which plan to deliver (the pre-plan after the needle checks, an approved supplement after a post-implant
-evaluation), the journal (every device line and seed through the session), the state transition when the run
-is reconciled, and a clean stop: the operator's stop lets the seed in hand finish, then refuses the next
-device step, so the run ends through its own stop path and the ledger stays whole.
+here: which plan to deliver (after the needle checks the approved re-plan, else the pre-plan; an approved
+supplement after a post-implant evaluation), the journal (every device line and seed through the session), the
+state transition when the run is reconciled, and a clean stop: the operator's stop lets the seed in hand finish,
+then refuses the next device step, so the run ends through its own stop path and the ledger stays whole.
+
+Live dosimetry: after each released seed the session's projection (``LiveSession.projection``: the seeds
+released where the delivered plan put them, plus the rest as planned, on the pre-plan's CTV points) is brought
+up to date; a ``live_dosimetry`` journal line is written when a needle's last seed is out, and when the run
+stops or ends.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -18,6 +24,8 @@ from navigator.delivery.run import DeliveryStopped, delivery_tasks
 from navigator.errors import InputError
 from navigator.io import write_json
 from navigator.session.controller import SessionStateError, State
+
+log = logging.getLogger(__name__)
 
 
 class _Stoppable:
@@ -59,10 +67,12 @@ class LiveDelivery:
         return self.thread is not None and self.thread.is_alive()
 
     def _what(self) -> tuple[str, Path, str]:
-        """(name, plan path, transition) of what may be delivered now."""
+        """(name, plan path, transition) of what may be delivered now: after the needle checks the approved
+        re-plan (``LiveSession.plan_in_force``), else the pre-plan; an approved supplement after an evaluation."""
         live = self.live
         if live.state == State.ALL_NEEDLES_CHECKED:
-            return "delivery", live.pre.plan_path, "seeds_delivered"
+            name, path, _ = live.plan_in_force()
+            return name, path, "seeds_delivered"
         sup = live._supplement_pending()
         if live.state == State.POSTIMPLANT_EVALUATED and sup is not None:
             return sup["name"], Path(sup["plan"]), "supplement_delivered"
@@ -79,10 +89,10 @@ class LiveDelivery:
                 raise SessionStateError(f"the delivery '{self.name}' is already running")
             name, plan_path, transition = self._what()
             plan = Plan.load(plan_path)
-            if name == "delivery":
+            if transition == "seeds_delivered":  # the pre-plan or a revision: written where its ledger lies
                 from navigator.live.steps import deliverable
 
-                plan_path = deliverable(plan, live.dir / "delivery")
+                plan_path = deliverable(plan, live.dir / name)
             delivery_tasks(plan)  # plan problems are bad input, before the device is touched
             live.decision(user, "start_delivery", name=name, plan=str(plan_path), device=live.device_url)
             self._stop.clear()
@@ -130,10 +140,11 @@ class LiveDelivery:
             live.record("live_delivery_finished", {"name": name, "ok": result.ok, "released": data["released"],
                                                    "reconciled": data["reconciled"],
                                                    "stopped_reason": data["stopped_reason"]})
+            self._dosimetry(None, "stopped" if not result.ok else "finished")
             if result.ok:
                 with live.lock:
                     getattr(live.session, transition)(data)
-        except Exception as exc:  # device unreachable, ledger trouble: journaled, the console shows it
+        except Exception as exc:  # noqa: BLE001 (device unreachable, ledger trouble: journaled, shown)
             live.record("live_delivery_finished", {"name": name, "ok": False, "error": str(exc)})
         finally:
             self.device["state"] = "idle"
@@ -144,6 +155,30 @@ class LiveDelivery:
         if kind == "delivery_started":
             self.device.update(data.get("device") or {}, state="delivering")
         self.live.record(kind, data)
+        if kind == "seed_released" and self.plan is not None:
+            needle = next((s.needle_id for s in self.plan.seeds if s.id == data.get("seed_id")), None)
+            released = set(self.live.session.facts.released_seed_ids)
+            if needle is not None and all(s.id in released for s in self.plan.seeds if s.needle_id == needle):
+                self._dosimetry(needle, "needle done")
+
+    def _dosimetry(self, needle_id: str | None, at: str) -> None:
+        """One ``live_dosimetry`` journal line: the projection now (never stops a delivery: a failure is logged)."""
+        try:
+            p = self.live.projection()
+        except Exception:  # the dose of a projection must not take the delivery with it
+            log.exception("live dosimetry")
+            return
+        if p is None:
+            return
+        released = set(self.live.session.facts.released_seed_ids)
+        on_needle = sum(1 for s in self.plan.seeds if s.needle_id == needle_id and s.id in released) \
+            if needle_id and self.plan is not None else None
+        self.live.record("live_dosimetry", {
+            "name": self.name, "needle_id": needle_id, "at": at, "needle_seeds_released": on_needle,
+            "seeds_released": p["released"], "remaining": p["remaining"], "D90_gy": p["D90_gy"],
+            "V100_pct": p["V100_pct"], "D90_released_gy": p["D90_released_gy"],
+            "V100_released_pct": p["V100_released_pct"], "prescription_gy": p["prescription_gy"],
+            "below_rx": p["below_rx"]})
 
     def to_json(self) -> dict:
         """delivery.json's keys (of the run in hand, or the last one) + planned, running, device."""
@@ -158,6 +193,19 @@ class LiveDelivery:
             data = {"released": len(seeds), "device_released_total": None, "seeds": seeds, "reconciled": False}
         else:
             data = json.loads(path.read_text())
-        plan = self.plan or (live.pre.plan if live.pre else None)
+        plan = self.plan if self.running or self.name else self._next_plan()
+        try:
+            projected = live.projection()
+        except Exception:  # the delivery's view must come whatever the dose code says
+            log.exception("projection")
+            projected = None
         return {**data, "name": name, "planned": len(plan.seeds) if plan else 0, "running": self.running,
-                "device": {"url": live.device_url, **self.device}}
+                "device": {"url": live.device_url, **self.device}, "projected": projected}
+
+    def _next_plan(self) -> Plan | None:
+        """The plan a start would deliver now (or the pre-plan when nothing can be delivered)."""
+        live = self.live
+        try:
+            return live.plan_at(self._what()[1])
+        except Exception:  # noqa: BLE001 (nothing deliverable now: the pre-plan's count is shown)
+            return live.pre.plan if live.pre else None

@@ -15,7 +15,16 @@ Journal kinds written by the live service (beside the state machine's and the de
 (again, with ``"again": true``, when a processed series grows: it was not complete and is run again),
 ``series_processed`` (``result`` or ``error``), ``needle_check_written``, ``postimplant_written``,
 ``association_rejected``, ``login`` / ``login_failed``, ``decision`` (``user``, ``role``, ``action``, ...),
-``live_delivery_finished``.
+``live_delivery_finished``, ``replan_written`` / ``replan_failed``, ``live_dosimetry``.
+
+The re-plan (issue #15): an operator or physicist runs it on the latest check of all needles (``decision``
+``run_replan``, then ``replan_written`` with the files of ``DIR/replan/<n>/``); a physicist approves it
+(``decision`` ``approve_replan``, which also accepts the check's remaining deviations: the re-plan uses the
+needles where they are); from then on the intraop delivery delivers that revision. A delivery stopped with seeds
+left can be re-planned for what is left: the seeds released stay where they are and count in the dose, the
+revision holds only the seeds still to deliver and is delivered under its own name and ledger
+(``delivery_r<n>``). Seed ids are never used twice in a session: a revision approved after a delivery started
+names its seeds ``R<n>-S<nnn>``.
 
 A reference scan holds only the reference needles: its check lists every planned needle (needles.json), but
 only the needles found in it gate the transition; an "all" scan is gated by every planned needle.
@@ -27,9 +36,9 @@ import logging
 import queue
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from navigator.errors import InputError, NavigatorError, RegistrationError
 from navigator.io import write_json
@@ -57,6 +66,9 @@ class LiveFacts:
     supplements: list[dict] = field(default_factory=list)      # decision approve_supplement data
     deliveries: list[dict] = field(default_factory=list)       # delivery_finished data (+ name)
     last_error: dict | None = None
+    replans: list[dict] = field(default_factory=list)          # replan_written data
+    approvals: list[dict] = field(default_factory=list)        # decision approve_replan data
+    started: list[dict] = field(default_factory=list)          # decision start_delivery data
 
     def apply(self, kind: str, data: dict) -> None:
         if kind == "preplan_loaded_from":
@@ -78,6 +90,12 @@ class LiveFacts:
             self.supplements.append(data)
         elif kind == "live_delivery_finished":
             self.deliveries.append(data)
+        elif kind == "replan_written":
+            self.replans.append(data)
+        elif kind == "decision" and data.get("action") == "approve_replan":
+            self.approvals.append(data)
+        elif kind == "decision" and data.get("action") == "start_delivery":
+            self.started.append(data)
 
 
 class LiveSession:
@@ -102,6 +120,9 @@ class LiveSession:
         self.busy: str | None = None
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._replanning = threading.Lock()
+        self._plans: dict[str, object] = {}     # plan.json path -> Plan (delivered and approved plans never change)
+        self._doses: steps.SeedDoses | None = None
         from navigator.live.delivery import LiveDelivery
 
         self.delivery = LiveDelivery(self)
@@ -169,7 +190,7 @@ class LiveSession:
 
     def start(self) -> None:
         """Queue what a previous run received but did not process; start the worker."""
-        for uid, rec in self.facts.series.items():
+        for rec in self.facts.series.values():
             if not rec["processed"]:
                 self.queue.put({**rec, "requeued": True})
         self._worker = threading.Thread(target=self._work, name="live-worker", daemon=True)
@@ -188,7 +209,7 @@ class LiveSession:
         import importlib
 
         for name in ("navigator.intraop.check", "navigator.postimplant.pipeline", "navigator.report.pages",
-                     "navigator.io.dicom"):
+                     "navigator.io.dicom", "navigator.planning.replan", "navigator.planning.as_found"):
             importlib.import_module(name)
         if self.pre is not None and self.pre.plan.seeds:
             from navigator.physics import tg43
@@ -211,7 +232,7 @@ class LiveSession:
                 return
             try:
                 self._handle(item)
-            except Exception as exc:  # a bug must not stop the service: journal it, go on with the next
+            except Exception as exc:  # noqa: BLE001 (a bug must not stop the service: journal it, go on)
                 log.error("internal error on series %s:\n%s", item.get("series_uid"), traceback.format_exc())
                 self.record("series_processed", {"series_uid": item.get("series_uid"),
                                                  "error": f"internal error ({type(exc).__name__}: {exc}); "
@@ -405,6 +426,239 @@ class LiveSession:
         self.changed()
         return {"approved": name, "seeds": len(plan.seeds), "plan": str(path)}
 
+    # --- the re-plan -------------------------------------------------------------------------------------------
+    def replan(self, user) -> dict:
+        """Re-plan on the latest check of all needles (``steps.replan``: what ``navigator replan`` does), written to
+        ``DIR/replan/<n>/``; after a delivery stopped with seeds left, only what is left, the released seeds kept
+        in the dose. replan.json's keys + ``"replan": n``. SessionStateError (409) when there is no check of all
+        needles, a delivery is running, or the seeds are delivered."""
+        if not self._replanning.acquire(blocking=False):
+            raise SessionStateError("a re-plan is already running; its answer comes in a few seconds")
+        try:
+            with self.lock:
+                check, fixed, budget = self._replan_inputs()
+                n = len(self.facts.replans) + 1
+                started = len(self.facts.started)
+                original = self._revised_rtplan()
+                self.decision(user, "run_replan", replan=n, check=check["n"], released=len(fixed))
+            out = self.dir / "replan" / str(n)
+            try:
+                data, res = steps.replan(self.pre, Path(check["dir"]) / "needles.json", out, n, fixed, budget,
+                                         original, seed_prefix=f"R{n}-" if started else None)
+            except Exception as exc:  # journaled either way: bad input (400) or a bug (500)
+                self.record("replan_failed", {"n": n, "user": user.name, "check": check["n"],
+                                              "error": f"{type(exc).__name__}: {exc}"})
+                self.changed()
+                raise
+            with self.lock:
+                moved = self._replan_moved(check, fixed, started)
+                if moved:
+                    self.record("replan_failed", {"n": n, "user": user.name, "check": check["n"], "error": moved})
+                    raise SessionStateError(f"{moved} while re-planning; run the re-plan again")
+                self.record("replan_written", {
+                    "n": n, "user": user.name, "check": check["n"], "dir": str(out), "plan": str(out / "plan.json"),
+                    "revision": data.get("revision"), "seeds": data["seeds"],
+                    "released_seed_ids": [f["seed_id"] for f in fixed], "goals_met": bool(data["checks"]["all_ok"]),
+                    "D90_gy": {k: round(float(data[f"metrics_{k}"]["D90_gy"]), 2)
+                               for k in ("preplan", "as_placed", "replan")},
+                    "seconds": data["seconds"]})
+        finally:
+            self._replanning.release()
+        self.changed()
+        _background(steps.replan_html, res, data, out)
+        return {**data, "replan": n}
+
+    def _replan_inputs(self) -> tuple[dict, list[dict], int]:
+        """(the check, the seeds released, the seeds left in the cartridge) of a re-plan now, or why not."""
+        if self.pre is None:
+            raise SessionStateError("no pre-plan loaded yet: send the RT Plan with its CT and RT Structure Set, or "
+                                    "start with --plan and --preplan-ct")
+        if self.delivery.running:
+            raise SessionStateError(f"the delivery '{self.delivery.name}' is running: stop it first; the re-plan then "
+                                    "covers the seeds that are left")
+        if self.state not in INTRAOP_STATES:
+            raise SessionStateError(f"no re-plan in state '{self.state.value}': the seeds are delivered; take the "
+                                    "post-implant scan (its evaluation proposes supplementary seeds)")
+        check = self.facts.checks[-1] if self.facts.checks else None
+        if check is None or check["scan"] != "all":
+            raise SessionStateError("no check of all needles yet: insert all needles and scan; the re-plan keeps each "
+                                    "needle where the check of all needles found it")
+        released = list(self.session.facts.released_seed_ids)
+        if released:
+            last = self.facts.deliveries[-1] if self.facts.deliveries else {}
+            if not last.get("reconciled"):
+                raise SessionStateError("the last delivery is not reconciled (ledger, device counter and RECORD list "
+                                        "disagree): start it again to reconcile (or image the patient) before "
+                                        "re-planning what is left")
+        known = self._started_seeds()
+        unknown = [sid for sid in released if sid not in known]
+        if unknown:
+            raise SessionStateError(f"released seeds {', '.join(unknown)} are in no delivered plan of the pre-plan's "
+                                    "frame; the re-plan cannot place them: review the journal with a physicist")
+        fixed = [{"seed_id": sid, **known[sid]} for sid in released]
+        return check, fixed, max(1, len(self.pre.plan.seeds) - len(released))
+
+    def _replan_moved(self, check: dict, fixed: list[dict], started: int) -> str | None:
+        """What changed under a re-plan while it ran (a scan, a delivery), or None."""
+        if self.facts.checks[-1]["n"] != check["n"]:
+            return f"needle check {self.facts.checks[-1]['n']} arrived"
+        if self.delivery.running or len(self.facts.started) != started:
+            return "a delivery started"
+        if list(self.session.facts.released_seed_ids) != [f["seed_id"] for f in fixed]:
+            return "seeds were released"
+        return None
+
+    def _revised_rtplan(self) -> dict | None:
+        """The RT Plan a new revision revises: the approved revision's, else the pre-plan's (RTPLAN.dcm beside its
+        plan.json, else the RT Plan it came in by DICOM); None when there is none."""
+        cands = [Path(a["plan"]).parent / "RTPLAN.dcm" for a in reversed(self.facts.approvals)]
+        cands.append(Path(self.pre.plan_path).parent / "RTPLAN.dcm")
+        for r in reversed(list(self.facts.series.values())):
+            if r.get("modality") == "RTPLAN" and r.get("purpose") == "preplan":
+                cands += sorted(Path(r["folder"]).glob("*.dcm"))
+        return steps.rtplan_of(self.pre, cands)
+
+    def approve_replan(self, user) -> dict:
+        """A physicist approves the latest re-plan for delivery: journaled with the user; the check's deviations not
+        yet accepted are accepted with it (the re-plan puts the seeds where the needles are)."""
+        with self.lock:
+            if not self.facts.replans:
+                raise SessionStateError("no re-plan to approve: run the re-plan first (POST /api/replan)")
+            rp = self.facts.replans[-1]
+            n = rp["n"]
+            if any(a["replan"] == n for a in self.facts.approvals):
+                raise SessionStateError(f"re-plan {n} is already approved; start the delivery")
+            if self.delivery.running:
+                raise SessionStateError(f"the delivery '{self.delivery.name}' is running: stop it first")
+            if self.state not in INTRAOP_STATES:
+                raise SessionStateError(f"re-plan {n} cannot be approved in state '{self.state.value}': the seeds are "
+                                        "delivered")
+            latest = self.facts.checks[-1]
+            if rp["check"] != latest["n"]:
+                raise SessionStateError(f"re-plan {n} was made on needle check {rp['check']}, but check {latest['n']} "
+                                        "is newer: re-plan on it (POST /api/replan) and approve that")
+            released = list(self.session.facts.released_seed_ids)
+            if released != list(rp.get("released_seed_ids") or []):
+                raise SessionStateError(f"seeds were released since re-plan {n} was made ({len(released)} now, "
+                                        f"{len(rp.get('released_seed_ids') or [])} then): re-plan what is left again")
+            name = "delivery" if not self.facts.started else f"delivery_r{n}"
+            pending = self._pending()
+            self.decision(user, "approve_replan", replan=n, check=rp["check"], plan=rp["plan"], name=name,
+                          seeds=rp["seeds"], goals_met=rp.get("goals_met"), accepts=pending)
+            for nid in pending:
+                self.session.operator_override(nid, f"re-planned on the needles as found: re-plan {n} approved by "
+                                                    f"{user.name}")
+            self._advance(latest["scan"])
+        self.changed()
+        return {"approved": n, "name": name, "plan": rp["plan"], "seeds": rp["seeds"], "accepted": pending,
+                "state": self.state.value}
+
+    def plan_in_force(self) -> tuple[str, Path, dict | None]:
+        """(delivery name, plan path, approval or None) of the intraop delivery: the latest approved re-plan, else
+        the pre-plan. SessionStateError when the approved re-plan is of an older check than the latest."""
+        if not self.facts.approvals:
+            return "delivery", Path(self.pre.plan_path), None
+        ap = self.facts.approvals[-1]
+        latest = self.facts.checks[-1]["n"] if self.facts.checks else None
+        if ap["check"] != latest:
+            raise SessionStateError(f"re-plan {ap['replan']} was approved on needle check {ap['check']}, but check "
+                                    f"{latest} is newer: re-plan on it (POST /api/replan) and have a physicist "
+                                    "approve it")
+        return ap["name"], Path(ap["plan"]), ap
+
+    def latest_replan(self) -> dict | None:
+        """replan.json of the latest re-plan + ``replan``, ``check``, ``approved``, ``approved_by``, ``current``
+        (still of the latest check and of the seeds released), ``revision_plan`` (its plan.json)."""
+        with self.lock:
+            if not self.facts.replans:
+                return None
+            rp = self.facts.replans[-1]
+            ap = next((a for a in self.facts.approvals if a["replan"] == rp["n"]), None)
+            current = (self.facts.checks[-1]["n"] == rp["check"]
+                       and list(self.session.facts.released_seed_ids) == list(rp.get("released_seed_ids") or []))
+        data = steps.read_json(Path(rp["dir"]) / "replan.json")
+        return {**data, "replan": rp["n"], "check": rp["check"], "revision_plan": rp["plan"], "made_by": rp.get("user"),
+                "approved": ap is not None, "approved_by": ap["user"] if ap else None,
+                "delivery_name": ap["name"] if ap else None, "current": current,
+                "prescription_gy": float(self.pre.plan.prescription_gy) if self.pre else None,
+                "html": (Path(rp["dir"]) / "replan.html").is_file()}
+
+    # --- live dosimetry --------------------------------------------------------------------------------------
+    def plan_at(self, path) -> object:
+        """The plan.json at ``path``, read once (delivered and approved plans are never rewritten otherwise)."""
+        from navigator.core.plan import Plan
+
+        key = str(Path(path).resolve())
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = Plan.load(path, "plan")
+        return plan
+
+    def _started_seeds(self) -> dict[str, dict]:
+        """seed id -> {"needle_id", "position_mm", "axis"} of every plan a delivery was started on in the
+        pre-plan's frame (the position where the ledger knows the seed went)."""
+        out: dict[str, dict] = {}
+        for d in self.facts.started:
+            try:
+                plan = self.plan_at(d["plan"])
+            except NavigatorError:
+                continue
+            if plan.frame_of_reference_uid != self.pre.plan.frame_of_reference_uid:
+                continue  # a supplement: another frame
+            for s, axis in zip(plan.seeds, plan.seed_axes()):
+                out.setdefault(s.id, {"needle_id": s.needle_id, "position_mm": [float(v) for v in s.position_mm],
+                                      "axis": [float(v) for v in axis]})
+        return out
+
+    def projection(self) -> dict | None:
+        """The CTV dose of the seeds released so far (where the delivered plan put them) plus those of the plan in
+        force still to go, on the pre-plan's CTV points: ``D90_gy``, ``V100_pct`` (if the rest go as planned),
+        ``D90_released_gy``, ``V100_released_pct`` (the released seeds alone), ``released``, ``remaining``,
+        ``below_rx``, ``stopped_with_seeds_left``, ``replan_offered``. None before a pre-plan, once a post-implant
+        evaluation has measured the dose, or when nothing is planned or released in the pre-plan's frame."""
+        if self.pre is None or self.state in (State.POSTIMPLANT_EVALUATED, State.SUPPLEMENT_DELIVERED, State.CLOSED):
+            return None
+        if self._doses is None:
+            self._doses = steps.SeedDoses(self.pre)
+        doses = self._doses
+        if not len(doses.points_mm):
+            return None
+        with self.lock:
+            known = self._started_seeds()
+            released = [sid for sid in self.session.facts.released_seed_ids if sid in known]
+            name, plan = None, None
+            if self.state in INTRAOP_STATES:
+                try:
+                    name, path, _ = self.plan_in_force()
+                    plan = self.plan_at(path)
+                except NavigatorError:
+                    plan = None
+            running = self.delivery.running
+        if plan is not None and plan.frame_of_reference_uid != self.pre.plan.frame_of_reference_uid:
+            plan = None
+        covered = None  # an approved re-plan made for exactly the seeds released so far: what is left is re-planned
+        if self.facts.approvals and self.facts.replans:
+            ap = self.facts.approvals[-1]
+            rp = next((r for r in self.facts.replans if r["n"] == ap["replan"]), {})
+            if released and list(rp.get("released_seed_ids") or []) == released:
+                covered = ap["replan"]
+        done = set(released)
+        rest = [] if plan is None else [(s.position_mm, a) for s, a in zip(plan.seeds, plan.seed_axes())
+                                        if s.id not in done]
+        if plan is None and not released:
+            return None
+        now = [(known[sid]["position_mm"], known[sid]["axis"]) for sid in released]
+        m, m_now = doses.metrics(now + rest), doses.metrics(now)
+        rx = doses.rx_gy
+        below = m["D90_gy"] is not None and m["D90_gy"] < rx
+        short = bool(not running and released and rest)
+        return {"D90_gy": m["D90_gy"], "V100_pct": m["V100_pct"], "released": len(released), "remaining": len(rest),
+                "D90_released_gy": m_now["D90_gy"], "V100_released_pct": m_now["V100_pct"], "prescription_gy": rx,
+                "plan": name, "below_rx": bool(below), "stopped_with_seeds_left": short, "rest_replan_approved": covered,
+                "replan_offered": bool((below or short) and self.state in INTRAOP_STATES and not running
+                                       and covered is None),
+                "ctv_points": len(doses.points_mm), "ctv_source": doses.source}
+
     # --- views ---------------------------------------------------------------------------------------------------
     def next_step(self) -> str:
         if self.delivery.running:
@@ -412,10 +666,15 @@ class LiveSession:
         if self.busy:
             return f"working on the {self.busy}"
         pending = self._pending()
+        waiting = self._replan_waiting()
         if pending:
+            tail = (f", or approves re-plan {waiting['n']} on the needles as found" if waiting else
+                    ", or re-plan on the needles as found (Re-plan)" if self._all_checked() else "")
             return (f"needles {', '.join(pending)} are out of tolerance: correct them and rescan, or a physicist "
-                    "accepts each deviation with a reason")
+                    f"accepts each deviation with a reason{tail}")
         s = self.state
+        if s == State.ALL_NEEDLES_CHECKED:
+            return self._delivery_step(waiting)
         return {
             State.NEW: "send the pre-plan (RT Plan with its CT and RT Structure Set), or restart with --plan and "
                        "--preplan-ct",
@@ -430,6 +689,47 @@ class LiveSession:
             State.SUPPLEMENT_DELIVERED: "take the post-implant scan",
             State.CLOSED: "the session is closed",
         }[s]
+
+    def _all_checked(self) -> bool:
+        return bool(self.facts.checks) and self.facts.checks[-1]["scan"] == "all"
+
+    def _replan_waiting(self) -> dict | None:
+        """The latest re-plan when it waits for a physicist's approval (of the latest check, nothing released
+        since), else None."""
+        if not self.facts.replans or self.state not in INTRAOP_STATES:
+            return None
+        rp = self.facts.replans[-1]
+        if any(a["replan"] == rp["n"] for a in self.facts.approvals) or rp["check"] != self.facts.checks[-1]["n"]:
+            return None
+        if list(self.session.facts.released_seed_ids) != list(rp.get("released_seed_ids") or []):
+            return None
+        return rp
+
+    def _delivery_step(self, waiting: dict | None) -> str:
+        """The next step once the needles are checked: deliver (the approved re-plan), or, after a delivery that
+        stopped with seeds left or a projection below the prescription, resume or re-plan what is left."""
+        if self.facts.started:
+            try:
+                p = self.projection()
+            except Exception:  # the words must come whatever the dose code says
+                log.exception("projection")
+                p = None
+            if p and p["replan_offered"] and not waiting:
+                rx = p["prescription_gy"]
+                if p["below_rx"]:
+                    return (f"projected CTV D90 {p['D90_gy']:.1f} Gy is below Rx {rx:.1f} Gy: re-plan what is left "
+                            "(Re-plan) for a physicist to approve")
+                return (f"delivery stopped with {p['remaining']} seeds left: start it again for the rest, or re-plan "
+                        "what is left (Re-plan)")
+        if waiting:
+            d90 = (waiting.get("D90_gy") or {}).get("replan", float("nan"))
+            return (f"re-plan {waiting['n']} is ready (CTV D90 {d90:.1f} Gy): a physicist approves it, or start the "
+                    "delivery without it")
+        try:
+            _, _, ap = self.plan_in_force()
+        except SessionStateError as exc:
+            return str(exc)
+        return f"start the seed delivery of re-plan {ap['replan']}" if ap else "start the seed delivery"
 
     def _pending(self) -> list[str]:
         checks = self.session.facts.needle_checks
@@ -446,7 +746,9 @@ class LiveSession:
                 "patient_id": (self.pre.patient_id or None) if self.pre else (self._first_patient() or None),
                 "prescription_gy": float(self.pre.plan.prescription_gy) if self.pre else None,
                 "busy": self.busy, "last_error": self.facts.last_error,
-                "checks": len(self.facts.checks), "postimplants": len(self.facts.postimplants)}
+                "checks": len(self.facts.checks), "postimplants": len(self.facts.postimplants),
+                "replans": len(self.facts.replans),
+                "replan_approved": self.facts.approvals[-1]["replan"] if self.facts.approvals else None}
 
     def series_list(self) -> list[dict]:
         with self.lock:  # the worker adds series while the API reads

@@ -2,14 +2,21 @@
 
 ``Preplan`` holds what every later step needs, loaded once: the plan, the pre-plan CT, the structures and the
 CTV sample points (so a needle check pays only for reading its scan, registering and finding the needles).
-Each step returns its result dict (needles.json / postimplant.json) and writes its files; journaling and state
-changes are the session's job (``navigator.live.session``).
+Each step returns its result dict (needles.json / postimplant.json / replan.json) and writes its files; journaling
+and state changes are the session's job (``navigator.live.session``).
+
+The intraoperative re-plan (``replan``) calls the planning functions ``navigator replan`` calls
+(``planning.as_found.needles_as_found``, ``planning.replan.replan``) on the pre-plan held here and the needles.json
+of a check, and writes the same four files. ``SeedDoses`` projects a delivery's dose on the CTV points as seeds
+leave the applicator.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,15 +104,25 @@ def load_preplan(plan_path, ct_dir, structures_path=None) -> Preplan:
                          f"--preplan-ct {ct_dir} is in {ct.frame_of_reference_uid!r}: give the CT the plan was made on")
     rs = Path(structures_path) if structures_path else structures_beside(plan_path, ct_dir)
     structures = read_structure_set(rs, ct=ct) if rs is not None else {}
-    ctv_name = next((n for n in ("CTV", (plan.extra.get("ctv") or {}).get("name"), plan.target)
-                     if n and n in structures), None)
+    ctv_name = ctv_name_of(plan, structures)
     pts, note = ctv_points(plan, structures.get(ctv_name), ct.frame_of_reference_uid)
     return Preplan(plan_path, ct_dir, rs, plan, ct, structures, pts, note or f"structure {ctv_name} of {rs}")
 
 
+def ctv_name_of(plan: Plan, structures: dict) -> str | None:
+    """The structure that is the CTV: ``CTV``, else the plan's named CTV, else its target (None: none of them)."""
+    return next((n for n in ("CTV", (plan.extra.get("ctv") or {}).get("name"), plan.target)
+                 if n and n in structures), None)
+
+
 def needle_check(pre: Preplan, ct_dir: Path, out: Path, tolerance_mm: float = 2.0) -> tuple[dict, Volume]:
     """needles.json of the intraop CT in ``ct_dir`` for every planned needle, written to ``out``."""
-    from navigator.intraop.check import CheckOptions, check_inputs, check_needles, register_to_plan
+    from navigator.intraop.check import (
+        CheckOptions,
+        check_inputs,
+        check_needles,
+        register_to_plan,
+    )
     from navigator.io.dicom import load_ct_series
 
     ct = load_ct_series(ct_dir)
@@ -196,3 +213,186 @@ def deliverable(plan: Plan, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     plan.save(folder / "plan.json")
     return folder / "plan.json"
+
+
+# --- the intraoperative re-plan ---------------------------------------------------------------------------------
+REPLAN_FILES = ("replan.json", "plan.json", "RTPLAN.dcm", "replan.html")
+REVISION_SERIES_STEP = 10   # the revision's RT Plan series number: the revised plan's + this (as `navigator replan`)
+
+
+def replan_anatomy(pre: Preplan):
+    """The re-plan's anatomy from the pre-plan's structure set (as ``navigator replan`` assembles it): the CTV, the
+    plan's organs at risk with their D0.1cc limits and the body outline."""
+    from navigator.anatomy import targets
+    from navigator.planning.replan_field import ReplanAnatomy
+
+    plan, structures = pre.plan, pre.structures
+    name = ctv_name_of(plan, structures)
+    if name is None:
+        where = (f"the structure set {pre.structures_path} has no CTV (nor the target {plan.target!r})"
+                 if pre.structures_path else "no structure set came with the pre-plan")
+        raise InputError(f"the re-plan needs the CTV: {where}; restart `navigator serve` with the RT Structure Set "
+                         "the plan was made on (RTSTRUCT.dcm beside plan.json, or send it by DICOM)")
+    ctv = structures[name]
+    limits = {n: float(v["D0.1cc_gy"]) for n, v in (plan.extra.get("oar_limits") or {}).items()}
+    if not limits:  # a plan from elsewhere: its OARs' class limits
+        limits = {n: targets.oar_limit(n, plan.prescription_gy)["D0.1cc_gy"] for n in (plan.metrics.get("oars") or {})}
+    missing = sorted(n for n in limits if n not in structures)
+    if missing:
+        raise InputError(f"{pre.structures_path}: the plan's organ(s) at risk {', '.join(missing)} are not in it, so "
+                         "their limits cannot be held; restart with the structure set the plan was made on")
+    body = next((st for n, st in structures.items() if st is not ctv and targets.is_body_name(n)), None)
+    return ReplanAnatomy(ct=pre.ct, ctv=ctv, oars={n: structures[n] for n in limits}, oar_limits_gy=limits,
+                         body=body, ctv_source=f"structure {name} of {pre.structures_path}")
+
+
+def rtplan_of(pre: Preplan, candidates) -> dict | None:
+    """The RT Plan a revision revises and references: the first of ``candidates`` (paths) that is an RT Plan of
+    this frame of reference and patient, as ``rtplan_identity`` reads it (+ ``path``); None when there is none
+    (a plan.json given without its RTPLAN.dcm: the revision then references no plan, and says so)."""
+    from navigator.io.dicom.rtplan import rtplan_identity
+
+    for path in candidates:
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            ident = rtplan_identity(path)
+        except Exception as exc:  # noqa: BLE001 (not an RT Plan: the next candidate)
+            log.info("%s is not the pre-plan's RT Plan (%s)", path, exc)
+            continue
+        if ident["frame_of_reference_uid"] not in ("", pre.plan.frame_of_reference_uid):
+            continue
+        if ident["patient_id"] and pre.patient_id and ident["patient_id"] != pre.patient_id:
+            continue
+        return {**ident, "path": Path(path)}
+    return None
+
+
+def replan(pre: Preplan, needles_json: Path, out: Path, revision: int, fixed: list[dict] | None = None,
+           max_seeds: int | None = None, original: dict | None = None,
+           seed_prefix: str | None = None) -> tuple[dict, object]:
+    """Revision ``revision`` of the pre-plan on the needles as found in ``needles_json`` (a check of all needles),
+    written to ``out`` as ``navigator replan`` writes it (replan.json, plan.json, RTPLAN.dcm; replan.html is
+    drawn by ``replan_html``). ``fixed``: the seeds already released (``{"seed_id", "needle_id", "position_mm",
+    "axis"}``, pre-plan LPS mm): their dose counts, the revision holds only the seeds still to deliver;
+    ``max_seeds``: the seeds left in the cartridge; ``original``: ``rtplan_of``'s answer; ``seed_prefix``: the
+    revision's seeds are named ``<prefix>S<nnn>`` (so that no seed id of a session is used twice). Returns
+    (replan.json's dict, the ``ReplanResult``)."""
+    import time
+
+    from navigator.core.models import NeedleCheckFile, load
+    from navigator.core.plan import PlannedSeed
+    from navigator.planning.as_found import needles_as_found
+    from navigator.planning.replan import ReplanOptions
+    from navigator.planning.replan import replan as run_replan
+
+    t0 = time.perf_counter()
+    fixed = list(fixed or [])
+    _, check = load(NeedleCheckFile, needles_json, "the check's needles.json")
+    found = needles_as_found(pre.plan, check, f"the check {needles_json}")
+    anatomy = replan_anatomy(pre)
+    # the n-th re-plan of the session is revision n of the pre-plan (replan() numbers the plan's revision + 1)
+    base = replace(pre.plan, extra={**pre.plan.extra, "revision": revision - 1})
+    opts = ReplanOptions(max_seeds=max_seeds,
+                         fixed_seeds_mm=tuple(tuple(float(v) for v in f["position_mm"]) for f in fixed),
+                         fixed_seed_axes=tuple(tuple(float(v) for v in f["axis"]) for f in fixed),
+                         fixed_seed_needles=tuple(str(f["needle_id"]) for f in fixed))
+    res = run_replan(base, found, anatomy, opts, based_on_sop_instance_uid=(original or {}).get("sop_instance_uid", ""))
+    rev = res.plan
+    if not rev.seeds:
+        raise InputError(f"the re-plan places no seed on the needles as found ({len(fixed)} released): the released "
+                         "seeds alone are all it would deliver; review the dose with a physicist before going on")
+    if seed_prefix:
+        rev.seeds = [PlannedSeed(f"{seed_prefix}S{k:03d}", s.needle_id, s.position_mm)
+                     for k, s in enumerate(rev.seeds, start=1)]
+    if fixed:
+        rev.extra["fixed_seeds"] = [{"seed_id": f["seed_id"], "needle_id": f["needle_id"],
+                                     "position_mm": [round(float(v), 3) for v in f["position_mm"]]} for f in fixed]
+    rev.check("the revision")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in REPLAN_FILES:  # an attempt that was never journaled leaves nothing behind
+        (out / name).unlink(missing_ok=True)
+    _write_revision_rtplan(out / "RTPLAN.dcm", rev, pre, anatomy.ctv, original)
+    rev.extra["files"] = {"rtplan": "RTPLAN.dcm", "based_on": str(original["path"]) if original else None}
+    write_json(out / "plan.json", rev.to_dict())
+    data = res.to_json()
+    data.update({"ctv_source": anatomy.ctv_source, "plan": str(pre.plan_path), "needles_json": str(needles_json),
+                 "released_seed_ids": [f["seed_id"] for f in fixed], "goals_met": bool(res.checks["all_ok"]),
+                 "based_on": str(original["path"]) if original else None,
+                 "command_seconds": round(time.perf_counter() - t0, 2)})
+    write_json(out / "replan.json", data)
+    return data, res
+
+
+def _write_revision_rtplan(path: Path, rev: Plan, pre: Preplan, ctv, original: dict | None) -> None:
+    """The revision's RT Plan, as ``navigator replan`` writes it: the pre-plan CT's patient and study, the CTV of
+    the structure set as the prescription's ROI, numbered above the revised plan, referencing it (PREDECESSOR)."""
+    from navigator.io.dicom import PatientInfo, sop_instance_uid_of, write_rtplan
+
+    n = int(rev.extra["revision"])
+    series = (original or {}).get("series_number")
+    write_rtplan(path, rev, pre.ct, PatientInfo.from_volume(pre.ct), label=f"I125 LDR rev{n}",
+                 structure_set_sop_uid=sop_instance_uid_of(pre.structures_path), target_roi_number=ctv.number,
+                 target_roi_name=ctv.name, referenced_rtplan_uid=(original or {}).get("sop_instance_uid") or None,
+                 series_number=None if series is None else series + REVISION_SERIES_STEP,
+                 series_description=f"navigator re-plan (revision {n}): I-125 seeds")
+
+
+def replan_html(res, data: dict, out: Path) -> None:
+    """replan.html (pictures; after the re-plan is published, so it never delays it)."""
+    from navigator.report.pages import replan_page
+
+    try:
+        (out / "replan.html").write_text(replan_page(res, data))
+    except Exception:
+        log.exception("replan.html for %s", out)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# --- live dosimetry ---------------------------------------------------------------------------------------------
+class SeedDoses:
+    """The dose of single seeds at the pre-plan's CTV points (pre-plan LPS mm, TG-43 at points), each seed computed
+    once, so that a delivery's projection after every released seed is a sum. Thread-safe."""
+
+    MAX_POINTS = 6000   # as the needle check's dose impact: equal-volume samples, evenly thinned
+
+    def __init__(self, pre: Preplan):
+        from navigator.physics import tg43
+
+        pts = pre.ctv_points if pre.ctv_points is not None else np.zeros((0, 3))
+        if len(pts) > self.MAX_POINTS:
+            pts = pts[np.linspace(0, len(pts) - 1, self.MAX_POINTS).astype(int)]
+        self.points_mm = np.asarray(pts, float)
+        self.rx_gy = float(pre.plan.prescription_gy)
+        self.sk_u = float(pre.plan.seed_sk_u)
+        self.model = tg43.load_seed_model(pre.plan.seed_model)
+        self.source = pre.ctv_note
+        self._cache: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _one(self, position_mm, axis) -> np.ndarray:
+        from navigator.physics.dose import dose_at_points
+
+        key = tuple(np.round(np.concatenate([np.asarray(position_mm, float), np.asarray(axis, float)]), 4))
+        with self._lock:
+            got = self._cache.get(key)
+        if got is None:
+            got = dose_at_points(self.points_mm, np.asarray(position_mm, float)[None],
+                                 np.asarray(axis, float)[None], self.sk_u, self.model)
+            with self._lock:
+                self._cache[key] = got
+        return got
+
+    def metrics(self, seeds) -> dict:
+        """{"D90_gy", "V100_pct"} of the seeds ``[(position_mm, axis), ...]`` on the CTV points."""
+        from navigator.intraop.deviation import d90_gy
+
+        if not len(self.points_mm):
+            return {"D90_gy": None, "V100_pct": None}
+        dose = np.zeros(len(self.points_mm))
+        for pos, axis in seeds:
+            dose += self._one(pos, axis)
+        return {"D90_gy": round(d90_gy(dose), 2), "V100_pct": round(float(np.mean(dose >= self.rx_gy) * 100.0), 2)}

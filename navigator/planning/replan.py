@@ -18,17 +18,23 @@ seed loading is re-optimised along the needles where they actually lie, before a
    D90 >= ``d90_margin_rx`` x Rx (short of it: the higher D90), then the fewest goals missed, then the D90.
 4. The revision: a full plan (the found needles, the seeds deepest first per needle and numbered in delivery
    order, ``revision`` and ``based_on_sop_instance_uid``) with the three metric sets side by side.
+
+Seeds already released (``ReplanOptions.fixed_seeds_mm``: a delivery stopped part-way, re-planned for what is
+left): their dose is part of every metric but the pre-plan's and of the optimiser's objective (folded into the
+penalty thresholds, ``_with_base``); no place lies closer than the seed spacing to one of them, nor, on the
+needle it left, deeper than its shallowest one less the spacing (the applicator retracted past it); the
+loading as placed keeps only the carried seeds those rules leave; the revision holds only the seeds to deliver.
 Everything is LPS mm in the pre-plan CT's frame; doses are total doses of the permanent implant (Gy).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from navigator.core.plan import Plan, PlannedSeed
+from navigator.core.plan import Needle, Plan, PlannedSeed
 from navigator.errors import InputError, PlanError
 from navigator.physics import dvh, tg43
 from navigator.physics.kernel import influence_matrix, kernel_table
@@ -71,6 +77,9 @@ class ReplanOptions:
     max_oar_points: int = 300
     rounds: int = 5
     mismatch_mm: float = 1.0              # needles.json's planned tips vs this plan's (mapped), at most
+    fixed_seeds_mm: tuple = ()            # ((x, y, z), ...) LPS mm: seeds already released; dose counted, kept
+    fixed_seed_axes: tuple = ()           # their unit axes (the needle each left), one per fixed seed
+    fixed_seed_needles: tuple = ()        # the needle id each left (a needle not found: only the spacing rule)
     exchange: ExchangeOptions = field(default_factory=ExchangeOptions)
     progress: object = None               # callable(str) or None
 
@@ -85,6 +94,64 @@ class ReplanOptions:
             raise InputError(f"tip margin {self.tip_margin_mm} mm: give 0 to 20 mm (the pre-plan's is 5 mm)")
         if not 0.0 <= self.hot_slack_pct <= 50.0:
             raise InputError(f"--hot-slack-pct {self.hot_slack_pct}: give 0 to 50 percentage points")
+        k = len(self.fixed_seeds_mm)
+        if len(self.fixed_seed_axes) != k or len(self.fixed_seed_needles) not in (0, k):
+            raise InputError(f"{k} fixed seeds with {len(self.fixed_seed_axes)} axes and "
+                             f"{len(self.fixed_seed_needles)} needle ids: give one axis (and needle id) per seed")
+        if k and not (np.isfinite(np.asarray(self.fixed_seeds_mm, float)).all()
+                      and np.isfinite(np.asarray(self.fixed_seed_axes, float)).all()):
+            raise InputError("fixed seeds: positions and axes must be finite numbers (LPS mm)")
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """The seeds already released (``ReplanOptions.fixed_seeds_mm``) as arrays."""
+
+    positions: np.ndarray    # (K, 3) LPS mm
+    axes: np.ndarray         # (K, 3) unit
+    needles: tuple           # K needle ids ("" where not given)
+
+    @classmethod
+    def of(cls, opts: ReplanOptions) -> _Fixed:
+        pos = np.asarray(opts.fixed_seeds_mm, float).reshape(-1, 3)
+        axes = np.asarray(opts.fixed_seed_axes, float).reshape(-1, 3)
+        axes = axes / np.maximum(np.linalg.norm(axes, axis=1, keepdims=True), 1e-12)
+        return cls(pos, axes, tuple(opts.fixed_seed_needles) or ("",) * len(pos))
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def dose_gy(self, points_mm: np.ndarray, kt) -> np.ndarray:
+        """Their total dose (Gy, float64) at the points (N, 3)."""
+        if not len(self) or not len(points_mm):
+            return np.zeros(len(points_mm))
+        return influence_matrix(points_mm, self.positions, self.axes, kt).sum(axis=0, dtype=np.float64)
+
+    def clear(self, found: NeedlesAsFound, positions_mm: np.ndarray, needle_ids, depth_mm: np.ndarray,
+              spacing_mm: float) -> np.ndarray:
+        """Per place (or seed): True where a seed may still go - at least the spacing from every released seed
+        and, on a needle that released seeds, above its shallowest one by the spacing."""
+        ok = np.ones(len(positions_mm), bool)
+        if not len(self) or not len(positions_mm):
+            return ok
+        dist = np.linalg.norm(positions_mm[:, None, :] - self.positions[None, :, :], axis=2)
+        ok &= dist.min(axis=1) >= spacing_mm - 1e-6
+        by_id = {n.id: n for n in found.needles}
+        ids = np.asarray(needle_ids)
+        for nid in set(self.needles) & set(by_id):
+            shallowest = min(by_id[nid].depth_of(p) for p, m in zip(self.positions, self.needles) if m == nid)
+            ok &= ~((ids == nid) & (depth_mm > shallowest - spacing_mm + 1e-6))
+        return ok
+
+    def with_plan(self, plan: Plan) -> Plan:
+        """A copy of ``plan`` holding the released seeds too, each on a short needle along its axis: for the
+        dose and metrics only (never saved or delivered)."""
+        needles = [copy_needle(n) for n in plan.needles]
+        seeds = [PlannedSeed(s.id, s.needle_id, s.position_mm.copy()) for s in plan.seeds]
+        for k, (p, u) in enumerate(zip(self.positions, self.axes)):
+            needles.append(Needle(id=f"released-{k + 1}", entry_mm=p - 20.0 * u, tip_mm=p + 5.0 * u))
+            seeds.append(PlannedSeed(f"released-{k + 1}", f"released-{k + 1}", p.copy()))
+        return replace(plan, needles=needles, seeds=seeds, metrics={}, extra={})
 
 
 # --- 3. the re-plan -------------------------------------------------------------------------------------
@@ -116,6 +183,7 @@ class ReplanResult:
     places: dict                     # counts of candidate places: all, allowed, ...
     seconds: float
     goals: dict
+    fixed_seeds: int = 0             # seeds already released, counted in the as-placed and re-plan metrics
 
     def to_json(self) -> dict:
         m_as, m_re = self.metrics_as_placed, self.metrics_replan
@@ -131,6 +199,7 @@ class ReplanResult:
             "seeds_preplan": len(self.preplan.seeds), "seeds_as_placed": len(self.as_placed.seeds),
             "max_seeds": self.max_seeds,
             "d90_gain_gy": round(float(m_re["D90_gy"] - m_as["D90_gy"]), 3),
+            "fixed_seeds": int(self.fixed_seeds),
             "needle_moves": self.found.moves,
             "goals": self.goals, "checks": self.checks, "candidate_places": self.places, "rounds": self.rounds,
             "dose_grid": {"spacing_mm": self.field.grid.spacing_mm.tolist(),
@@ -154,34 +223,41 @@ def replan(plan: Plan, found: NeedlesAsFound, anatomy: ReplanAnatomy, options: R
     min_skin = float(opts.min_skin_depth_mm if opts.min_skin_depth_mm is not None
                      else plan.extra.get("min_skin_depth_mm") or 10.0)
     max_seeds = int(opts.max_seeds or len(plan.seeds))
+    fixed = _Fixed.of(opts)
     as_placed = carried_loading(plan, found)
+    if len(fixed):  # what is left of the loading as placed: the carried seeds the released ones leave room for
+        keep = fixed.clear(found, as_placed.seed_positions_mm(), [s.needle_id for s in as_placed.seeds],
+                           np.array([as_placed.needle(s.needle_id).depth_of(s.position_mm) for s in as_placed.seeds]),
+                           opts.seed_step_mm)
+        as_placed.seeds = [s for s, k in zip(as_placed.seeds, keep) if k]
 
-    say(f"masks and dose grid around the CTV ({len(found.needles)} needles found, {len(found.dropped)} dropped)")
-    around = np.vstack([[n.tip_mm for n in found.needles], plan.seed_positions_mm()])
+    say(f"masks and dose grid around the CTV ({len(found.needles)} needles found, {len(found.dropped)} dropped"
+        + (f", {len(fixed)} seeds released" if len(fixed) else "") + ")")
+    around = np.vstack([[n.tip_mm for n in found.needles], plan.seed_positions_mm(), fixed.positions])
     clearance = float((plan.extra.get("nogo") or {}).get("clearance_mm", 3.0))
     fld = build_field(anatomy, around, clearance, min_skin, opts.dose_grid_mm, opts.grid_margin_mm,
                       opts.max_dose_voxels, opts.max_shell_points, opts.max_oar_points)
     m_pre, dose_pre = evaluate(fld, plan, model, kt, rx)
-    m_as, dose_as = evaluate(fld, as_placed, model, kt, rx)
+    m_as, dose_as = evaluate(fld, fixed.with_plan(as_placed) if len(fixed) else as_placed, model, kt, rx)
     goals = _goals(m_pre, rx, opts, anatomy.oar_limits_gy)
 
-    places, counts = _candidate_places(found, fld, opts, min_skin)
+    places, counts = _candidate_places(found, fld, opts, min_skin, fixed)
     if as_placed.seeds:  # where the loading as placed breaks the re-plan's rules (it keeps none of those places)
         ok = allowed_places(fld, as_placed.seed_positions_mm(), as_placed.seed_axes(), min_skin)
         counts["as_placed_too_shallow"] = int(np.sum(~ok["deep"]))
         counts["as_placed_in_nogo"] = int(np.sum(~ok["clear"]))
     x0 = _on_places(as_placed, found, places)
     say(f"optimising {max_seeds} seeds over {len(places.positions)} places on {len(found.needles)} needles")
-    x, rounds = _optimise(places, fld, x0, max_seeds, goals, kt, rx, opts)
+    x, rounds = _optimise(places, fld, x0, max_seeds, goals, kt, rx, opts, fixed)
 
     rev = _revision(plan, found, places, x, fld, based_on_sop_instance_uid)
-    m_re, dose_re = evaluate(fld, rev, model, kt, rx)
+    m_re, dose_re = evaluate(fld, fixed.with_plan(rev) if len(fixed) else rev, model, kt, rx)
     rev.metrics = m_re
     checks = _checks(rev, m_re, goals, anatomy.oar_limits_gy, fld, min_skin, max_seeds)
     rev.extra["checks"] = checks
     seconds = time.perf_counter() - t0
     rev.extra["replan"] = {"seconds": round(seconds, 3), "seeds_moved": int(np.sum(x & ~x0)),
-                           "needles_dropped": found.dropped, "max_seeds": max_seeds,
+                           "needles_dropped": found.dropped, "max_seeds": max_seeds, "fixed_seeds": len(fixed),
                            "d90_as_placed_gy": round(float(m_as["D90_gy"]), 3),
                            "d90_preplan_gy": round(float(m_pre["D90_gy"]), 3), "ctv_source": anatomy.ctv_source}
     say(f"re-plan: {len(rev.seeds)} seeds, D90 {m_re['D90_gy']:.1f} Gy (as placed {m_as['D90_gy']:.1f} Gy), "
@@ -190,7 +266,7 @@ def replan(plan: Plan, found: NeedlesAsFound, anatomy: ReplanAnatomy, options: R
                         metrics_as_placed=m_as, metrics_replan=m_re,
                         doses={"preplan": dose_pre, "as_placed": dose_as, "replan": dose_re}, field=fld,
                         max_seeds=max_seeds, seeds_moved=int(np.sum(x & ~x0)), checks=checks, rounds=rounds,
-                        places=counts, seconds=seconds, goals=goals)
+                        places=counts, seconds=seconds, goals=goals, fixed_seeds=len(fixed))
 
 
 def _goals(m_pre: dict, rx: float, opts: ReplanOptions, oar_limits: dict) -> dict:
@@ -202,9 +278,9 @@ def _goals(m_pre: dict, rx: float, opts: ReplanOptions, oar_limits: dict) -> dic
 
 
 def _candidate_places(found: NeedlesAsFound, fld: ReplanField, opts: ReplanOptions,
-                      min_skin: float) -> tuple[_Places, dict]:
+                      min_skin: float, fixed: _Fixed | None = None) -> tuple[_Places, dict]:
     """Places every ``place_step_mm`` back from each found tip (the deepest ``tip_margin_mm`` short of it, none
-    above the entry), kept where allowed (``replan_field.allowed_places``)."""
+    above the entry), kept where allowed (``replan_field.allowed_places``) and clear of the seeds released."""
     pos, axes, idx, depth = [], [], [], []
     for i, n in enumerate(found.needles):
         d = np.arange(n.length_mm - opts.tip_margin_mm, 0.5 * opts.seed_step_mm, -opts.place_step_mm)
@@ -218,6 +294,10 @@ def _candidate_places(found: NeedlesAsFound, fld: ReplanField, opts: ReplanOptio
     counts = {"on_needles": len(pos), "near_ctv": int(ok["near"].sum()),
               "clear_of_nogo": int((ok["near"] & ok["clear"]).sum()), "allowed": int(keep.sum()),
               "place_step_mm": opts.place_step_mm, "seed_spacing_min_mm": opts.seed_step_mm}
+    if fixed is not None and len(fixed):
+        ids = [found.needles[i].id for i in np.concatenate(idx)]
+        keep &= fixed.clear(found, pos, ids, np.concatenate(depth), opts.seed_step_mm)
+        counts["clear_of_released"] = counts["allowed"] = int(keep.sum())
     if not keep.any():
         raise InputError(f"none of the {len(pos)} seed places along the {len(found.needles)} found needles lies near "
                          f"the CTV, clear of bone/air/OARs and >= {min_skin:g} mm below the skin; the needles as "
@@ -245,12 +325,17 @@ def _on_places(carried: Plan, found: NeedlesAsFound, places: _Places) -> np.ndar
 
 
 def _optimise(places: _Places, fld: ReplanField, x0: np.ndarray, max_seeds: int, goals: dict, kt, rx: float,
-              opts: ReplanOptions) -> tuple[np.ndarray, list]:
+              opts: ReplanOptions, fixed: _Fixed | None = None) -> tuple[np.ndarray, list]:
     """Rounds of ``exchange_loading`` on fresh CTV samples, each checked by the TG-43 dose at every CTV voxel of
-    the dose grid (with its fraction) and at the OARs' voxels; the best round's loading."""
+    the dose grid (with its fraction) and at the OARs' voxels; the best round's loading. The released seeds'
+    dose (``fixed``) is added to every judgement and folded into the optimiser's penalties."""
     a_ctv = influence_matrix(fld.ctv_points, places.positions, places.axes, kt)
     a_oar = {n: influence_matrix(p, places.positions, places.axes, kt) for n, p in fld.oar_points.items()}
     a_fixed = influence_matrix(fld.fixed_points, places.positions, places.axes, kt)
+    fixed = fixed if fixed is not None else _Fixed.of(ReplanOptions())
+    b_ctv = fixed.dose_gy(fld.ctv_points, kt)
+    b_oar = {n: fixed.dose_gy(p, kt) for n, p in fld.oar_points.items()}
+    b_fixed = fixed.dose_gy(fld.fixed_points, kt)
     core = np.nonzero(fld.ctv_weights >= 0.5)[0]
     nt = min(len(core), opts.max_target_points)
     conflicts = _conflicts(places, opts.seed_step_mm)
@@ -261,8 +346,8 @@ def _optimise(places: _Places, fld: ReplanField, x0: np.ndarray, max_seeds: int,
         """The loading's rank on the grid (the OAR limits first, then the prescription with its margin - short
         of it: the higher D90 - then the other goals, then the D90) and its metrics, recorded in ``rounds``."""
         xf = x.astype(np.float32)
-        tm = dvh.target_metrics(xf @ a_ctv, fld.ctv_weights, voxel_cc, rx)
-        missed = _missed(tm, {n: d01cc_gy(xf @ a_o, voxel_cc) for n, a_o in a_oar.items()}, goals)
+        tm = dvh.target_metrics(xf @ a_ctv + b_ctv, fld.ctv_weights, voxel_cc, rx)
+        missed = _missed(tm, {n: d01cc_gy(xf @ a_o + b_oar[n], voxel_cc) for n, a_o in a_oar.items()}, goals)
         rounds.append({**record, "seeds": int(x.sum()), "D90_gy": round(float(tm["D90_gy"]), 2),
                        "V100_pct": round(float(tm["V100_pct"]), 2), "V150_pct": round(float(tm["V150_pct"]), 2),
                        "V200_pct": round(float(tm["V200_pct"]), 2), "goals_missed": missed})
@@ -277,8 +362,10 @@ def _optimise(places: _Places, fld: ReplanField, x0: np.ndarray, max_seeds: int,
     for rnd in range(opts.rounds):
         pick = subsample(core, nt, np.random.default_rng(100 + rnd))
         a = np.concatenate([a_ctv[:, pick], a_fixed], axis=1)
-        res = exchange_loading(a, _penalties(fld, nt, rx, w_step, w_hot), conflicts, x, max_seeds,
-                               places.positions, opts.exchange)
+        pen = _penalties(fld, nt, rx, w_step, w_hot)
+        if len(fixed):
+            pen = _with_base(pen, np.concatenate([b_ctv[pick], b_fixed]))
+        res = exchange_loading(a, pen, conflicts, x, max_seeds, places.positions, opts.exchange)
         x = res.loading
         rank, tm, missed = judge(x, {"round": rnd + 1, "adds": res.adds, "removes": res.removes,
                                      "exchanges": res.exchanges, "budget_removals": res.budget_removals,
@@ -311,6 +398,25 @@ def _penalties(fld: ReplanField, nt: int, rx: float, w_step: float, w_hot: float
     parts += [PointPenalties(p.under, p.w_step * f, p.w_under * f, p.over1, p.w_over1 * f, p.over2, p.w_over2 * f)
               for p in fld.oar_penalties]
     return PointPenalties.concat(parts)
+
+
+def _with_base(pen: PointPenalties, base_gy: np.ndarray) -> PointPenalties:
+    """The penalties of the dose ``d + base_gy`` written as penalties of ``d`` (the optimiser's own dose): each
+    threshold lowered by the point's fixed dose, each weight scaled so that the penalty per Gy is unchanged. A
+    coverage threshold the fixed dose already reaches goes to 0 (never short); a hot-spot threshold it already
+    passes sits just above 0, where the penalty differs from the true one by a constant that no move changes."""
+    base = np.asarray(base_gy, np.float64)
+    eps = 1e-6
+
+    def scaled(thr: np.ndarray, w: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        finite = np.isfinite(thr) & (thr > 0)
+        new = np.where(finite, np.maximum(thr - base, floor), thr)
+        return new, np.where(finite, w * new / np.where(finite, thr, 1.0), w)
+
+    under, w_under = scaled(pen.under, pen.w_under, 0.0)
+    over1, w_over1 = scaled(pen.over1, pen.w_over1, eps)
+    over2, w_over2 = scaled(pen.over2, pen.w_over2, eps)
+    return PointPenalties(under, pen.w_step, w_under, over1, w_over1, over2, w_over2)
 
 
 def _missed(tm: dict, hot: dict, goals: dict) -> list[str]:
@@ -360,7 +466,7 @@ def _checks(rev: Plan, m: dict, goals: dict, oar_limits: dict, fld: ReplanField,
         got = (m.get("oars", {}).get(n) or {}).get("D0.1cc_gy")
         c[f"oar {n}"] = {"value_gy": got, "limit_gy": float(lim), "ok": bool(got is None or got <= lim)}
     pos = rev.seed_positions_mm()
-    sd = allowed_places(fld, pos, rev.seed_axes(), min_skin)["skin_depth_mm"]
+    sd = allowed_places(fld, pos, rev.seed_axes(), min_skin)["skin_depth_mm"] if len(pos) else np.array([np.inf])
     c["seeds_below_skin"] = {"min_depth_mm": float(sd.min()), "limit_mm": min_skin, "ok": bool(sd.min() >= min_skin)}
     off, out = 0.0, []
     for s in rev.seeds:

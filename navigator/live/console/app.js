@@ -29,7 +29,7 @@ const HEARTBEAT_MS = 10000;  // the API keeps control while its holder sends a r
 const $ = (id) => document.getElementById(id);
 const ui = { user: null, role: null, holdsControl: false, screen: "needles", events: null, timer: null,
              refreshPending: null, plan: null, planHoles: null, structures: null, check: null, post: null,
-             signedOut: false };
+             replan: null, signedOut: false };
 
 // --- the API -------------------------------------------------------------------------------------------------
 async function api(method, path, body) {
@@ -207,6 +207,10 @@ function journalSummary(line) {
   if (line.kind === "login" || line.kind === "login_failed") return `${d.user}${d.role ? " (" + d.role + ")" : ""}`;
   if (line.kind === "series_received") return `${d.modality} ${d.instances} images → ${PURPOSE_WORDS[d.purpose] || d.purpose}`;
   if (line.kind === "series_processed") return `${d.purpose || ""}: ${d.error ? "FAILED — " + d.error : "done"}`;
+  if (line.kind === "replan_written") return `re-plan ${d.n} by ${d.user}: ${d.seeds} seeds, D90 ${num((d.D90_gy || {}).replan)} Gy`;
+  if (line.kind === "replan_failed") return `re-plan ${d.n}: ${d.error}`;
+  if (line.kind === "live_dosimetry")
+    return `${d.needle_id ? "needle " + d.needle_id + " done" : d.at}: projected D90 ${num(d.D90_gy)} Gy, V100 ${num(d.V100_pct)} %`;
   const keys = Object.keys(d).slice(0, 3);
   return keys.map((key) => `${key}=${typeof d[key] === "object" ? "…" : d[key]}`).join(" ");
 }
@@ -214,7 +218,7 @@ function journalSummary(line) {
 // --- refresh ------------------------------------------------------------------------------------------------------
 async function refreshAll() {
   await Promise.all([refreshSession(), refreshSeries(), refreshPlan(), refreshCheck(), refreshDelivery(),
-                     refreshPost()]);
+                     refreshPost(), refreshReplan()]);
   View3D.draw();
 }
 
@@ -369,16 +373,123 @@ async function postAction(path, messageId, doneText) {
   return r;
 }
 
-async function replan() {
-  say("check-message", "Re-planning on the needles as found…", "");
-  const r = await postAction("/api/replan", "check-message", "Re-plan ready: approve it to deliver with it.");
+// --- the re-plan (POST /api/replan, GET /api/replan/latest, POST /api/replan/approve) ---------------------------
+async function replan(messageId) {
+  messageId = typeof messageId === "string" ? messageId : "replan-message";
+  say(messageId, "Re-planning on the needles as found…", "");
+  $("replan-run").disabled = true;
+  const r = await postAction("/api/replan", messageId,
+                             "Re-plan ready: a physicist approves it before the delivery uses it.");
   const pre = $("replan-result");
   if (r.ok && r.data) {
     pre.hidden = false;
     const m = (k) => (r.data[k] && r.data[k].D90_gy !== undefined ? `${num(r.data[k].D90_gy, 1)} Gy` : "—");
-    pre.textContent = `D90 pre-plan ${m("metrics_preplan")}, as placed ${m("metrics_as_placed")}, ` +
-      `re-plan ${m("metrics_replan")}; seeds ${r.data.seeds ?? "—"}, moved ${r.data.seeds_moved ?? "—"}`;
+    pre.textContent = `Re-plan ${r.data.replan}: D90 pre-plan ${m("metrics_preplan")}, as placed ` +
+      `${m("metrics_as_placed")}, re-plan ${m("metrics_replan")}; seeds ${r.data.seeds ?? "—"}, ` +
+      `moved ${r.data.seeds_moved ?? "—"} (see the Delivery screen)`;
   }
+  await refreshReplan();
+}
+
+async function approveReplan(messageId) {
+  messageId = typeof messageId === "string" ? messageId : "replan-message";
+  const r = await postAction("/api/replan/approve", messageId, "");
+  if (r.ok && r.data) {
+    const accepted = (r.data.accepted || []).length ? `; deviations of ${r.data.accepted.join(", ")} accepted with it` : "";
+    say(messageId, `Re-plan ${r.data.approved} approved for delivery (${r.data.seeds} seeds)${accepted}.`, "ok");
+  }
+}
+
+const REPLAN_ROWS = [["D90", "D90_gy", "Gy", 1], ["D100", "D100_gy", "Gy", 1], ["V100", "V100_pct", "%", 1],
+                     ["V150", "V150_pct", "%", 1], ["V200", "V200_pct", "%", 1], ["HI", "HI", "", 2]];
+
+async function refreshReplan() {
+  const r = await api("GET", "/api/replan/latest");
+  const body = $("replan-body");
+  const physicist = ui.role === "physicist";
+  const mayChange = ui.role === "physicist" || ui.role === "operator";
+  $("replan-run").disabled = !mayChange;
+  if (!r.ok) {
+    ui.replan = null;
+    clear(body);
+    $("replan-status").textContent = r.status === 404 ? "No re-plan yet: after the check of all needles, run it here."
+      : `Re-plan unavailable — ${r.message}`;
+    $("replan-page").hidden = true;
+    approveButtons(false, physicist ? "There is no re-plan to approve yet." : roleNote());
+    return;
+  }
+  const p = r.data;
+  ui.replan = p;
+  const sets = [p.metrics_preplan || {}, p.metrics_as_placed || {}, p.metrics_replan || {}];
+  clear(body);
+  const rx = p.prescription_gy;
+  for (const [quantity, key, unit, digits] of REPLAN_ROWS) {
+    const tr = body.insertRow();
+    tr.dataset.quantity = quantity;
+    cell(tr, unit ? `${quantity} (${unit})` : quantity);
+    for (const set of sets) {
+      const v = set[key];
+      const td = cell(tr, v === null || v === undefined ? "—" : num(v, digits), "num");
+      if (quantity === "D90" && rx && v != null) {
+        td.classList.add(v >= rx ? "ok-text" : "bad-text");
+        td.textContent += v >= rx ? " (≥ Rx)" : " (below Rx)";
+      }
+    }
+  }
+  const seeds = body.insertRow();
+  seeds.dataset.quantity = "seeds";
+  cell(seeds, "Seeds");
+  for (const v of [p.seeds_preplan, p.seeds_as_placed, p.seeds]) cell(seeds, v == null ? "—" : String(v), "num");
+  const fixed = p.fixed_seeds ? ` Seeds already released: ${p.fixed_seeds}, kept where they are and counted in “as ` +
+    `placed” and “re-plan”; the re-plan delivers ${p.seeds} more.` : "";
+  const dropped = (p.needles_dropped || []).length ? ` Needles not found, not used: ${p.needles_dropped.join(", ")}.` : "";
+  const goals = p.checks && p.checks.all_ok === false ? " It misses a goal: review its checks." : "";
+  const state = p.approved ? `approved by ${p.approved_by}` + (p.current ? "" : " (no longer current)")
+    : p.current ? "waiting for a physicist's approval" : "out of date: re-plan again";
+  $("replan-status").textContent = `Re-plan ${p.replan} (revision ${p.revision ?? "—"}, needle check ${p.check}, by ` +
+    `${p.made_by || "—"}, ${num(p.seconds, 1)} s): ${state}.${fixed}${dropped}${goals}`;
+  $("replan-status").className = p.approved ? "ok-text" : p.current ? "" : "bad-text";
+  $("replan-page").hidden = !p.html;
+  if (!physicist) approveButtons(false, roleNote());
+  else if (p.approved) approveButtons(false, `Re-plan ${p.replan} is approved; the delivery uses it.`);
+  else if (!p.current) approveButtons(false, "This re-plan is out of date (a newer check, or seeds released since): run it again.");
+  else approveButtons(true, "");
+}
+
+function roleNote() {
+  return `Only a physicist approves a re-plan (you are signed in as ${ui.role || "—"}).`;
+}
+
+function approveButtons(enabled, note) {
+  for (const id of ["replan-approve", "replan-approve-button"]) {
+    $(id).disabled = !enabled;
+    $(id).title = note || "";
+  }
+  $("replan-approve-note").textContent = note || "";
+}
+
+function showProjection(p) {
+  const warn = $("projected-warning");
+  if (!p) {
+    for (const id of ["projected-d90", "projected-v100", "projected-seeds", "projected-now"]) $(id).textContent = "—";
+    warn.hidden = true;
+    return;
+  }
+  const rx = p.prescription_gy;
+  $("projected-d90").textContent = `${num(p.D90_gy, 1)} Gy` + (rx ? (p.D90_gy >= rx ? " (≥ Rx)" : " (below Rx)") : "");
+  $("projected-d90").className = p.D90_gy >= rx ? "ok-text" : "bad-text";
+  $("projected-v100").textContent = `${num(p.V100_pct, 1)} %`;
+  $("projected-seeds").textContent = `${p.released} / ${p.remaining}`;
+  $("projected-now").textContent = `${num(p.D90_released_gy, 1)} Gy`;
+  let text = "";
+  if (p.below_rx) text = `The projected CTV D90 ${num(p.D90_gy, 1)} Gy is below the prescription ${num(rx, 1)} Gy.`;
+  else if (p.stopped_with_seeds_left) text = `The delivery stopped with ${p.remaining} seeds left: the CTV D90 is ` +
+    `${num(p.D90_released_gy, 1)} Gy now, ${num(p.D90_gy, 1)} Gy if the rest go as planned (Rx ${num(rx, 1)} Gy).`;
+  if (text && p.replan_offered) text += " Start the delivery again for the rest, or re-plan what is left (Re-plan below).";
+  else if (text && p.rest_replan_approved) text += ` Re-plan ${p.rest_replan_approved} of what is left is approved: ` +
+    "start the delivery.";
+  warn.textContent = text;
+  warn.hidden = !text;
 }
 
 async function refreshDelivery() {
@@ -423,6 +534,7 @@ async function refreshDelivery() {
   }
   $("delivery-start").disabled = !!d.running;
   $("delivery-stop").disabled = !d.running;
+  showProjection(d.projected);
   const body = $("released-body");
   clear(body);
   (d.seeds || []).forEach((s, i) => {
@@ -543,9 +655,10 @@ function wire() {
   $("logout").addEventListener("click", logout);
   $("take-control").addEventListener("click", takeControl);
   $("accept-button").addEventListener("click", acceptDeviations);
-  $("replan-button").addEventListener("click", replan);
-  $("replan-approve-button").addEventListener("click", () =>
-    postAction("/api/replan/approve", "check-message", "Re-plan approved for delivery."));
+  $("replan-button").addEventListener("click", () => replan("check-message"));
+  $("replan-approve-button").addEventListener("click", () => approveReplan("check-message"));
+  $("replan-run").addEventListener("click", () => replan("replan-message"));
+  $("replan-approve").addEventListener("click", () => approveReplan("replan-message"));
   $("delivery-start").addEventListener("click", () => postAction("/api/delivery/start", "delivery-message", "Delivery started."));
   $("delivery-stop").addEventListener("click", () => postAction("/api/delivery/stop", "delivery-message", "Delivery stopped."));
   $("supplement-approve").addEventListener("click", () =>
