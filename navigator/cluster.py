@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -113,6 +114,7 @@ def open_cluster(workers: int | None = None, scheduler: str | None = None,
     _quiet_dask_logs()
     if scheduler is not None:
         _check_address(scheduler)
+        _probe(scheduler, connect_timeout_s)
         try:
             client = Client(scheduler, timeout=f"{connect_timeout_s}s")
         except (OSError, TimeoutError) as exc:
@@ -141,6 +143,26 @@ def _check_address(address: str) -> None:
     if not isinstance(address, str) or "://" not in address or not address.rsplit(":", 1)[-1].isdigit():
         raise ClusterError(f"--scheduler {address!r}: give the scheduler's address as tcp://HOST:PORT "
                            "(e.g. tcp://127.0.0.1:8786)")
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """A Dask scheduler sends its handshake as soon as a connection opens; distributed's ``connect`` waits for it
+    with no time limit, so a port that accepts and never answers would hang the client for good. Plain TCP
+    only (a TLS scheduler waits for the client's hello)."""
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return
+    host, _, port = rest.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            if not s.recv(1):
+                raise OSError("the connection was closed before a handshake")
+    except OSError as exc:  # refused, unreachable, or silent (socket timeout)
+        why = str(exc) or "timed out"
+        raise ClusterError(f"--scheduler {address}: no Dask scheduler answered within {timeout_s:g} s ({why}); start "
+                           f"one with `dask scheduler` and `dask worker {address}`, or leave out --scheduler to run "
+                           "on a local cluster") from None
 
 
 def _quiet_dask_logs() -> None:

@@ -46,6 +46,13 @@ def add_arguments(p) -> None:
                    help="time of day of the seed calibration (required with --seed-calibration-date)")
     p.add_argument("--implant-date", default=None, metavar="YYYYMMDD",
                    help="day of the implant (default: the calibration date, else today)")
+    p.add_argument("--robust", action="store_true",
+                   help="robust loading: the --robust-percentile of D90 over needle placement errors reaches the "
+                        "prescription (docs/robustness.md); plan.json records the figures under 'robust'")
+    p.add_argument("--site", choices=("neck", "mediastinum"), default=None,
+                   help="with --robust: the error model of a published series (default: tip 2 mm, depth 1 mm)")
+    p.add_argument("--robust-percentile", type=number(1, 50, "%"), default=10.0,
+                   help="with --robust: the percentile of D90 that must reach the prescription (default 10)")
     add_output_options(p)
 
 
@@ -76,6 +83,13 @@ def _run(args, out: Path, final: Path) -> int:
 
     warnings = warn("plan", contour_warnings(structures, ct))
     res = make_plan(ct, structures, args.target, args.oar, args.rx_gy, model, sk_u, opts)
+    if args.robust:
+        from navigator.planning import robust as rb
+        from navigator.planning.robustness import ErrorModel
+
+        res = rb.robust_plan(res, ct, opts, rb.RobustOptions(ErrorModel.for_site(args.site), args.robust_percentile),
+                             say=prog.step)
+        strength = rb.scaled_strength(strength, res.plan.extra["robust"]["strength_factor"])
     plan = res.plan
     plan.extra["source_strength"] = strength
     plan.extra["warnings"] = warnings
