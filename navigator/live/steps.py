@@ -61,11 +61,15 @@ class Preplan:
                 "seeds": len(self.plan.seeds), "ctv_source": self.ctv_note}
 
 
-def structures_json(pre: Preplan, max_points: int = 48) -> dict:
+def structures_json(pre: Preplan, max_points: int = 48, reach_mm: float = 15.0) -> dict:
     """The pre-plan's structures for the console's 3D view: each closed contour (pre-plan frame, LPS mm) with at
-    most ``max_points`` points, its colour and its role (target, ctv, oar, body)."""
+    most ``max_points`` points, its colour and its role (target, ctv, oar, body). Organs at risk only on the
+    planes within ``reach_mm`` of the target's (a carotid or a cord runs the whole scan and would hide the node)."""
     from navigator.anatomy import targets
 
+    target_z = [float(c[0, 2]) for n, s in pre.structures.items() if n == pre.plan.target or n.upper() == "CTV"
+                for c in s.contours]
+    z_lo, z_hi = (min(target_z) - reach_mm, max(target_z) + reach_mm) if target_z else (-np.inf, np.inf)
     out = []
     for name, s in pre.structures.items():
         if not s.contours:
@@ -74,6 +78,8 @@ def structures_json(pre: Preplan, max_points: int = 48) -> dict:
                 else "body" if targets.is_body_name(name) or targets.classify_oar(name) == "skin" else "oar")
         contours = []
         for c in s.contours:
+            if role == "oar" and not z_lo <= float(c[0, 2]) <= z_hi:
+                continue
             step = max(1, int(np.ceil(len(c) / max_points)))
             contours.append(np.round(c[::step], 1).tolist())
         out.append({"name": name, "role": role, "color": list(s.color) if s.color else None, "contours": contours})

@@ -66,6 +66,8 @@ class RehearsalOptions:
     # as placed on them by at least this much (a smaller gain is not worth a changed loading) and it keeps
     # every OAR under its limit.
     replan_min_gain_gy: float = 1.0
+    # the pre-plan's robustness preview: samples of the site's published placement errors
+    robustness_samples: int = 300
     progress: object = None
 
 
@@ -369,6 +371,7 @@ class Rehearsal:
     # --- the whole procedure -------------------------------------------------------------------------------
     def run(self) -> dict:
         plan_path = self.preplan()
+        self.robust = self.step("robustness", self.robustness_preview)
         actual, needle_rounds = self.needles(self.plan_obj)
         self.replanned = self.step("replan", lambda: self.replan(plan_path, needle_rounds))
         if self.replanned.get("used"):
@@ -388,6 +391,23 @@ class Rehearsal:
             self.session.close({k: result[k] for k in ("final_metrics", "seeds_released", "supplementary_seeds")})
         self.stop_device()
         return result
+
+    def robustness_preview(self) -> dict:
+        """1b. What the pre-plan's D90 would be with the placement errors of the published series for this site
+        (``navigator robustness``'s Monte Carlo, in this process), to set beside what actually happened."""
+        from navigator.io.dicom import read_structure_set
+        from navigator.planning.robustness import SITE_PRESETS, ErrorModel, ctv_sample_points, robustness_preview
+
+        structures = read_structure_set(self.out / "plan" / "RTSTRUCT.dcm")
+        ctv = structures.get("CTV")
+        if ctv is None:
+            return {"skipped": "the pre-plan's RTSTRUCT has no CTV"}
+        model = ErrorModel.for_site(self.o.case if self.o.case in SITE_PRESETS else None)
+        points = ctv_sample_points(ctv, 1.0, self.plan_obj.frame_of_reference_uid)
+        r = robustness_preview(self.plan_obj, points, model, samples=self.o.robustness_samples, seed=self.o.seed,
+                               sensitivity=False)
+        keep = ("samples", "error_model", "D90_gy", "V100_pct", "pass_rate", "nominal", "d90_samples_gy", "seconds")
+        return {k: r[k] for k in keep if k in r}
 
     def preplan(self) -> Path:
         """1. The case's DICOM and `navigator plan` on it; the plan loaded into the session."""
@@ -458,9 +478,21 @@ class Rehearsal:
                           if isinstance(v, dict) and "seconds" in v},
             "out": str(self.out),
             "replan": dict(getattr(self, "replanned", None) or {}),  # the re-plan step: used or not, and why
+            # the pre-plan's robustness preview (placement errors of the site's published series) beside what
+            # happened: where the delivered D90 fell in the predicted distribution
+            "robustness": self._robustness_vs_actual(post["result"]["metrics"]),
         }
         result["seconds"] = round(sum(v for v in result["timings_s"].values() if v), 1)
         return result
+
+    def _robustness_vs_actual(self, final_metrics: dict) -> dict:
+        robust = getattr(self, "robust", None) or {}
+        r = {k: v for k, v in robust.items() if k not in ("d90_samples_gy", "seconds")}
+        samples, d90 = robust.get("d90_samples_gy"), final_metrics.get("D90_gy")
+        if samples and d90 is not None:
+            r["final_D90_gy"] = d90
+            r["final_D90_percentile"] = round(100.0 * float(np.mean(np.asarray(samples) <= d90)), 1)
+        return r
 
     def _delivered_plan_path(self) -> Path:
         rp = getattr(self, "replanned", None) or {}

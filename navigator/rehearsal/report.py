@@ -82,5 +82,7 @@ def write_report(out: Path, result: dict) -> Path:
         except (OSError, ValueError) as exc:
             problems["re-plan"] = str(exc)
     path = out / "report.html"
-    path.write_text(rehearsal_page(result, steps, plan, plan_images, scans, scene_png, problems, replan_json))
+    robust = steps.get("robustness") or {}
+    path.write_text(rehearsal_page(result, steps, plan, plan_images, scans, scene_png, problems, replan_json,
+                                   robust.get("d90_samples_gy")))
     return path

@@ -81,6 +81,7 @@ const View3D = (() => {
       }
       legend.push(["#c58a00", "seed found"], ["#1a73e8", "cold spot (a sphere of its volume)"],
                   ["#00a3bf", "proposed supplementary seed and its path"]);
+      contours(structures, mapper((p.registration || {}).fixed_to_moving), lines, legend);
     }
     return { lines, points, legend, which };
   }

@@ -77,6 +77,38 @@ def replan_section(result: dict, replan_json: dict | None) -> str:
     return H.section("Re-plan on the needles as found", *parts)
 
 
+def robustness_section(result: dict, d90_samples_gy=None) -> str:
+    """The pre-plan's robustness preview (D90 under the site's published placement errors) beside the D90 that
+    was delivered."""
+    rb = result.get("robustness") or {}
+    if not rb.get("D90_gy"):
+        return ""
+    from navigator.report import plots as R
+    from navigator.report.pages.robustness import d90_histogram_figure
+
+    rx = float(result.get("prescription_gy") or 0.0)
+    d, em = rb["D90_gy"], rb.get("error_model") or {}
+    model = (f"tip {H.fmt(em.get('tip_sd_mm'), 1)} mm, depth {H.fmt(em.get('depth_sd_mm'), 1)} mm, angle "
+             f"{H.fmt(em.get('angle_sd_deg'), 1)} deg (1 SD{', site ' + em['site'] if em.get('site') else ''})")
+    rows = [["D90 (Gy)", d.get("p5"), d.get("p10"), d.get("p50"), d.get("p90"), rb.get("final_D90_gy")],
+            ["V100 (%)", *(rb.get("V100_pct", {}).get(k) for k in ("p5", "p10", "p50", "p90")),
+             (result.get("final_metrics") or {}).get("V100_pct")]]
+    parts = [H.paragraph(f"Before the procedure, {rb.get('samples')} samples of needle placement errors ({model}) "
+                         f"gave D90 >= Rx in {H.fmt(100.0 * float(rb.get('pass_rate') or 0.0), 0)} % of implants. "
+                         f"The delivered D90 ({H.fmt(rb.get('final_D90_gy'), 1)} Gy) lies at the "
+                         f"{H.fmt(rb.get('final_D90_percentile'), 0)}th percentile of that prediction."),
+             H.table(rows, ["", "p5", "p10", "median", "p90", "delivered (final)"], digits=1)]
+    if d90_samples_gy:
+        try:
+            fig = d90_histogram_figure(d90_samples_gy, rx, d.get("p10"), (rb.get("nominal") or {}).get("D90_gy"))
+            fig.axes[0].axvline(float(rb["final_D90_gy"]), color="#2e9d57", lw=2.0, label="delivered")
+            fig.axes[0].legend(fontsize=7)
+            parts.append(H.image(R.png_base64(fig), "D90 predicted and delivered"))
+        except Exception as exc:  # noqa: BLE001 - the report is written all the same, saying what is missing
+            parts.append(H.unavailable("D90 predicted and delivered", exc))
+    return H.section("Robustness preview of the pre-plan, and what happened", *parts)
+
+
 def needle_sections(result: dict, steps: dict) -> str:
     """One deviation table per needle scan (the journal's ``needles_<scan>_<round>`` steps)."""
     parts = []
@@ -131,12 +163,12 @@ def _pictures(plan: Plan | None, plan_images: PlanImages | None, scans, scene_pn
 
 def rehearsal_page(result: dict, steps: dict, plan: Plan | None = None, plan_images: PlanImages | None = None,
                    scans=(), scene_png: bytes | None = None, problems: dict | None = None,
-                   replan_json: dict | None = None) -> str:
+                   replan_json: dict | None = None, robustness_d90_gy=None) -> str:
     """report.html. ``result``: the rehearsal's result dict; ``steps``: the journal's finished steps
     (``{step: result}``); ``plan`` and ``plan_images``: the pre-plan and its pictures' inputs; ``scans``:
     :class:`PostimplantScan` in order; ``scene_png``: the 3D picture (:func:`implant_picture`);
     ``problems``: ``{"3D picture" | "pre-plan": why it is missing}``; ``replan_json``: the re-plan's
-    replan.json, when one was made."""
+    replan.json, when one was made; ``robustness_d90_gy``: the robustness preview's per-sample D90."""
     case = result.get("case")
     return H.page(
         f"Rehearsal {case}",
@@ -145,6 +177,7 @@ def rehearsal_page(result: dict, steps: dict, plan: Plan | None = None, plan_ima
                     "permanent implant (TG-43U1)."),
         H.section("Dose metrics: pre-plan, re-plan, post-implant, final", metrics_table(result)),
         replan_section(result, replan_json),
+        robustness_section(result, robustness_d90_gy),
         *_pictures(plan, plan_images, scans, scene_png, problems or {}),
         H.section("Needle deviations per scan", needle_sections(result, steps)),
         H.section("Seed ledger, device and post-implant CT", ledger_tables(steps)),
