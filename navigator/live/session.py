@@ -219,7 +219,10 @@ class LiveSession:
             dose_at_points(plan.seed_positions_mm()[:2] + 5.0, plan.seed_positions_mm(), plan.seed_axes(),
                            plan.seed_sk_u, tg43.load_seed_model(plan.seed_model))
             if self.pre.structures:
-                self.pre.masks()  # the post-implant evaluation's pre-plan masks, made while nobody waits
+                from navigator.postimplant.pipeline import prepare_needle_field
+
+                ctv, oars = self.pre.masks()  # the post-implant evaluation's pre-plan masks, made while nobody waits
+                prepare_needle_field(self.pre.ct, ctv, oars, self.pre.field_cache)
 
     def _work(self) -> None:
         try:

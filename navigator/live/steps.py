@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class Preplan:
     ctv_points: np.ndarray | None
     ctv_note: str
     _masks: tuple | None = None
+    field_cache: dict = field(default_factory=dict)  # the supplementary paths' masks, kept between evaluations
 
     def masks(self) -> tuple:
         """The CTV and OAR masks on the pre-plan CT (``postimplant.pipeline.preplan_masks``), made once."""
@@ -164,7 +165,8 @@ def postimplant(pre: Preplan, ct_dir: Path, out: Path, expected_seeds: int | Non
                          "pre-plan CT folder) and restart; the CTV and OARs come from it")
     post = load_ct_series(ct_dir)
     check_same_patient(pre.ct, post)
-    res = run_postimplant(pre.plan, pre.ct, post, pre.structures, PostimplantOptions(expected_seeds=expected_seeds),
+    res = run_postimplant(pre.plan, pre.ct, post, pre.structures,
+                          PostimplantOptions(expected_seeds=expected_seeds, field_cache=pre.field_cache),
                           masks=pre.masks())
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "postimplant.json", res.result)

@@ -17,7 +17,7 @@ occupancy (trilinear), which the DVH uses as weights; cold spots use occupancy >
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -57,6 +57,9 @@ class PostimplantOptions:
     seed_finding: SeedFindingSettings = field(default_factory=SeedFindingSettings)
     supplement: SupplementSettings = field(default_factory=SupplementSettings)
     progress: object = None                # callable(str) or None
+    # the supplementary paths' masks depend on the pre-plan only: a caller evaluating several scans of one
+    # pre-plan (the live session) passes a dict that keeps them between evaluations
+    field_cache: dict | None = None
 
 
 @dataclass
@@ -352,7 +355,11 @@ def _comparison(n_pre, pre, n_post, post, n_sup, sup) -> list[dict]:
 
 
 # --- supplementary seeds --------------------------------------------------------------------------------
-def _needle_field(preplan_ct: Volume, oars_pre: dict, corners_pre: np.ndarray, post_to_pre, s) -> NeedleField:
+def _needle_field(preplan_ct: Volume, oars_pre: dict, corners_pre: np.ndarray, post_to_pre, s,
+                  cache: dict | None = None) -> NeedleField:
+    key = (preplan_ct.series_uid, tuple(np.round(corners_pre, 2).ravel()), float(s.max_path_mm))
+    if cache is not None and key in cache:
+        return replace(cache[key], post_to_field=post_to_pre)
     # the masks for the paths on a crop of the pre-plan CT: a path leaving the crop inside the body is refused
     # on a grid of >= 1 mm: a path's clearances (2 mm) and skin depth (10 mm) need no finer, and a 0.5 mm
     # scan's crop would take seconds to transform (the post-implant result should be on screen in seconds)
@@ -363,7 +370,20 @@ def _needle_field(preplan_ct: Volume, oars_pre: dict, corners_pre: np.ndarray, p
     oars = {n: coarsen(fine.with_array(m[sl]), NEEDLE_FIELD_STEP_MM, reduce="max")[0].array
             for n, m in oars_pre.items()}
     nogo, _ = targets.nogo_mask(sub, body, oars, clearance_mm=2.0)
-    return NeedleField(grid=sub, body=body, skin_depth_mm=skin, nogo=nogo, post_to_field=post_to_pre)
+    fld = NeedleField(grid=sub, body=body, skin_depth_mm=skin, nogo=nogo, post_to_field=post_to_pre)
+    if cache is not None:
+        cache.clear()  # one pre-plan's field at a time
+        cache[key] = fld
+    return fld
+
+
+def prepare_needle_field(preplan_ct: Volume, ctv_pre: np.ndarray, oars_pre: dict, cache: dict,
+                         o: PostimplantOptions | None = None) -> None:
+    """Fill ``cache`` (``PostimplantOptions.field_cache``) with the supplementary paths' masks of this pre-plan
+    before a post-implant scan needs them (the live session does it while it waits for scans)."""
+    o = o or PostimplantOptions()
+    _needle_field(preplan_ct, oars_pre, _mask_corners_lps(ctv_pre, preplan_ct), RigidTransform.identity(),
+                  o.supplement, cache)
 
 
 def _candidates(plan: Plan, pre_to_post, grid: Volume, ctv_mask: np.ndarray, fld: NeedleField, s) -> list:
@@ -441,7 +461,7 @@ def _supplement(plan, preplan_ct, oars_pre, corners_pre, pre_to_post, grid, dose
                 o: PostimplantOptions):
     s, rx = o.supplement, float(plan.prescription_gy)
     t0 = time.perf_counter()
-    fld = _needle_field(preplan_ct, oars_pre, corners_pre, pre_to_post.inverse(), s)
+    fld = _needle_field(preplan_ct, oars_pre, corners_pre, pre_to_post.inverse(), s, o.field_cache)
     t_masks = time.perf_counter() - t0
     t0 = time.perf_counter()
     cands = _candidates(plan, pre_to_post, grid, ctv_mask, fld, s)
