@@ -20,43 +20,14 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Any
 
+from navigator.core.runner import Progress, Runner, SerialRunner  # noqa: F401  (the runner API, here too)
 from navigator.errors import InputError
-
-Progress = Callable[[int, int], None]
-
 
 class ClusterError(InputError):
     """No Dask cluster could be started or reached (a bad ``--workers`` or ``--scheduler``). Exit code 2."""
-
-
-class Runner(Protocol):
-    workers: int
-
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], progress: Progress | None = None,
-            on_error: Callable[[Any, BaseException], Any] | None = None) -> list: ...
-
-
-class SerialRunner:
-    """Runs every task here, one after another."""
-
-    workers = 1
-
-    def map(self, fn, items, progress=None, on_error=None) -> list:
-        items = list(items)
-        out = []
-        for i, item in enumerate(items):
-            try:
-                out.append(fn(item))
-            except Exception as exc:
-                if on_error is None:
-                    raise
-                out.append(on_error(item, exc))
-            if progress:
-                progress(i + 1, len(items))
-        return out
 
 
 class DaskRunner:

@@ -5,9 +5,13 @@ Paths to the shared real data live here; each module's fixtures live in its own 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,3 +64,64 @@ def demo_plan(patient, needles, seeds, seeds_per_needle: int, cols: int, rx_gy: 
             n = seeds_per_needle * k + s
             plan.seeds.append(PlannedSeed(f"S{n + 1:03d}", nid, seeds[n]))
     return plan
+
+
+class LineProcess:
+    """A background process whose stderr is drained as it comes; ``wait_for(pattern)`` waits on its lines."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append(None)
+            self.cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
+        seen = 0
+        with self.cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if line is None:
+                        raise AssertionError(f"process ended before {pattern!r}: {''.join(self.lines[:-1])}")
+                    m = re.search(pattern, line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                if not self.cond.wait(timeout):
+                    raise AssertionError(f"no {pattern!r} within {timeout} s: {''.join(self.lines)}")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def external_dask_cluster():
+    """`dask scheduler` and one `dask worker` as separate processes on 127.0.0.1 (as a hospital's cluster is
+    run); yields the scheduler's address, stops both after."""
+    dask = str(Path(sys.executable).with_name("dask"))
+    scheduler = LineProcess([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"])
+    worker = None
+    try:
+        address = scheduler.wait_for(r"Scheduler at:\s+(tcp://127\.0\.0\.1:\d+)").group(1)
+        worker = LineProcess([dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                              "--host", "127.0.0.1"])
+        worker.wait_for(r"Registered to:")
+        yield address
+    finally:
+        for p in (worker, scheduler):
+            if p is not None:
+                p.stop()

@@ -41,6 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from navigator.core.plan import Plan
+from navigator.core.runner import SerialRunner
 from navigator.errors import InputError
 from navigator.physics import tg43
 from navigator.physics.kernel import kernel_table
@@ -409,25 +410,10 @@ def _run_sensitivity(task: dict) -> dict:
     return {"needles": out, "d90_nominal_gy": float(d_pct(nominal[None], 90.0)[0])}
 
 
-class InProcessRunner:
+class InProcessRunner(SerialRunner):
     """Tasks here, one after another, each using every core through the dose kernel's threads."""
 
-    workers = 1
     numba_threads = None  # numba's default: all cores
-
-    def map(self, fn, items, progress=None, on_error=None) -> list:
-        items = list(items)
-        out = []
-        for i, item in enumerate(items):
-            try:
-                out.append(fn(item))
-            except Exception as exc:
-                if on_error is None:
-                    raise
-                out.append(on_error(item, exc))
-            if progress:
-                progress(i + 1, len(items))
-        return out
 
 
 # --- the preview ----------------------------------------------------------------------------------------

@@ -7,11 +7,7 @@ message and leave ``--out`` as it was."""
 from __future__ import annotations
 
 import json
-import re
 import socket
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,9 +15,9 @@ import pytest
 from navigator.cli import main
 from simulators.phantoms.cases import make_patient
 from simulators.phantoms.writer import write_patient
+from tests.conftest import external_dask_cluster
 
 REPO = Path(__file__).resolve().parents[2]
-DASK = str(Path(sys.executable).with_name("dask"))
 NUMBERS_NOT = {"seconds", "compute_seconds", "workers"}
 
 
@@ -100,65 +96,12 @@ def test_two_worker_local_cluster_writes_the_contract(case, two_workers):
     assert page.count("<img") == 2 and "Needles ranked" in page and "10.1093/jrr/rrab068" in page
 
 
-class _Process:
-    """A process whose stderr is read as it comes (so it never blocks on a full pipe); ``wait_for(pattern)``
-    returns the first match, waiting on the lines themselves."""
-
-    def __init__(self, argv):
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append(None)
-            self.cond.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
-        seen = 0
-        with self.cond:
-            while True:
-                for line in self.lines[seen:]:
-                    if line is None:
-                        raise AssertionError(f"process ended before {pattern!r}: {''.join(self.lines[:-1])}")
-                    m = re.search(pattern, line)
-                    if m:
-                        return m
-                seen = len(self.lines)
-                if not self.cond.wait(timeout):
-                    raise AssertionError(f"no {pattern!r} within {timeout} s: {''.join(self.lines)}")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-
 def test_existing_cluster_through_scheduler_gives_the_same_numbers(case, two_workers, tmp_path):
     _, out2 = two_workers
-    scheduler = _Process([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"])
-    worker = None
-    try:
-        address = scheduler.wait_for(r"Scheduler at:\s+(tcp://127\.0\.0\.1:\d+)").group(1)
-        worker = _Process([DASK, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                           "--host", "127.0.0.1"])
-        worker.wait_for(r"Registered to:")
+    with external_dask_cluster() as address:
         out = tmp_path / "scheduler"
         rc = main(_args(case, out, "--samples", "200", "--seed", "5", "--scheduler", address, "--site", "mediastinum",
                         "--tip-sd-mm", "1.5"))
-    finally:
-        for p in (worker, scheduler):
-            if p is not None:
-                p.stop()
     assert rc == 0
     one = json.loads((out / "robustness.json").read_text())
     two = json.loads((out2 / "robustness.json").read_text())

@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from navigator.cli import main
-from tests.conftest import REPO
+from tests.conftest import external_dask_cluster
 
-DASK = str(Path(sys.executable).with_name("dask"))
 VOLATILE = {"seconds", "workers", "study_seconds_total", "discovery"}
 
 
@@ -123,63 +117,11 @@ def test_one_worker_gives_the_same_numbers(cohort, two_workers, tmp_path):
     assert (out1 / "cohort.csv").read_text() == (out2 / "cohort.csv").read_text()
 
 
-class _Process:
-    """A background process whose stderr is drained as it comes; ``wait_for(pattern)`` waits on its lines."""
-
-    def __init__(self, argv):
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: list = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append(None)
-            self.cond.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
-        seen = 0
-        with self.cond:
-            while True:
-                for line in self.lines[seen:]:
-                    if line is None:
-                        raise AssertionError(f"process ended before {pattern!r}: {''.join(self.lines[:-1])}")
-                    m = re.search(pattern, line)
-                    if m:
-                        return m
-                seen = len(self.lines)
-                if not self.cond.wait(timeout):
-                    raise AssertionError(f"no {pattern!r} within {timeout} s: {''.join(self.lines)}")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-
 def test_existing_cluster_through_scheduler_gives_the_same_numbers(cohort, two_workers, tmp_path):
     _, out2 = two_workers
-    scheduler = _Process([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"])
-    worker = None
-    try:
-        address = scheduler.wait_for(r"Scheduler at:\s+(tcp://127\.0\.0\.1:\d+)").group(1)
-        worker = _Process([DASK, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                           "--host", "127.0.0.1"])
-        worker.wait_for(r"Registered to:")
+    with external_dask_cluster() as address:
         out = tmp_path / "scheduler"
         rc = main(_args(cohort, out, "--scheduler", address))
-    finally:
-        for p in (worker, scheduler):
-            if p is not None:
-                p.stop()
     assert rc == 0
     there, two = (json.loads((o / "cohort.json").read_text()) for o in (out, out2))
     assert there["workers"] == 1
