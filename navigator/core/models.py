@@ -67,8 +67,10 @@ class SeedIn(_Model):
 
 
 class TemplateIn(_Model):
-    rows: Annotated[int, Field(ge=1, le=64)]
-    cols: Annotated[int, Field(ge=1, le=64)]
+    """The guide template, when the plan names its size (a plan imported from another system may not)."""
+
+    rows: Annotated[int, Field(ge=1, le=64)] | None = None
+    cols: Annotated[int, Field(ge=1, le=64)] | None = None
 
 
 class PlanFile(_Model):
@@ -91,7 +93,7 @@ class PlanFile(_Model):
         _unique("needle", [n.id for n in self.needles])
         _unique("seed", [s.id for s in self.seeds])
         holes = [n.hole for n in self.needles if n.hole is not None]
-        if self.template is not None:
+        if self.template is not None and self.template.rows and self.template.cols:
             for n in self.needles:
                 if n.hole is not None:
                     _check_hole(n, self.template)
