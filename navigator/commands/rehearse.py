@@ -7,6 +7,7 @@ released twice.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from navigator.errors import InputError
@@ -59,8 +60,9 @@ def run(args) -> int:
     if args.watch or args.live:
         from navigator.rehearsal.live_path import LiveRehearsal
 
-        def announce(text: str) -> None:
-            print(text, flush=True)
+        def announce(text: str) -> None:  # on stderr with the progress: stdout stays for the result (--json)
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
         rehearsal = LiveRehearsal(opts, pace_s=(4.0 if args.pace_s is None else args.pace_s) if args.watch else 0.0,
                                   http_port=args.http_port if args.http_port is not None else (8080 if args.watch else 0),
