@@ -183,9 +183,10 @@ class LiveDelivery:
     def to_json(self) -> dict:
         """delivery.json's keys (of the run in hand, or the last one) + planned, running, device."""
         live = self.live
+        running = self.running  # once: the run may end while this answer is put together
         name = self.name or (live.facts.deliveries[-1]["name"] if live.facts.deliveries else "delivery")
         path = live.dir / name / "delivery.json"
-        if self.running or not path.exists():
+        if running or not path.exists():
             ledger = self.ledger
             seeds = [] if ledger is None else [
                 {"seed_id": s.seed_id, "hole": s.hole, "depth_mm": s.depth_mm, "device_index": s.device_index,
@@ -193,13 +194,13 @@ class LiveDelivery:
             data = {"released": len(seeds), "device_released_total": None, "seeds": seeds, "reconciled": False}
         else:
             data = json.loads(path.read_text())
-        plan = self.plan if self.running or self.name else self._next_plan()
+        plan = self.plan if running or self.name else self._next_plan()
         try:
             projected = live.projection()
         except Exception:  # the delivery's view must come whatever the dose code says
             log.exception("projection")
             projected = None
-        return {**data, "name": name, "planned": len(plan.seeds) if plan else 0, "running": self.running,
+        return {**data, "name": name, "planned": len(plan.seeds) if plan else 0, "running": running,
                 "device": {"url": live.device_url, **self.device}, "projected": projected}
 
     def _next_plan(self) -> Plan | None:

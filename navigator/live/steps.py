@@ -191,23 +191,11 @@ def postimplant_summary(r: dict) -> dict:
 
 
 def supplement_plan(pre: Preplan, result: dict, name: str) -> Plan | None:
-    """The proposed supplementary seeds as a deliverable plan (post-implant frame): one needle per seed (hole
-    from the proposal, else an ``X<n>`` label), the seed 5 mm short of the needle's tip."""
-    from navigator.core.plan import Needle, PlannedSeed
+    """The evaluation's proposed supplementary seeds as a deliverable plan (post-implant frame)."""
+    from navigator.postimplant.supplement import supplementary_plan
 
-    proposal = result["supplementary"]["seeds"]
-    if not proposal:
-        return None
-    needles, seeds = [], []
-    for n, s in enumerate(proposal, start=1):
-        pos, entry = np.array(s["position_mm"], float), np.array(s["entry_mm"], float)
-        u = (pos - entry) / np.linalg.norm(pos - entry)
-        needles.append(Needle(id=f"S{n:02d}", entry_mm=entry, tip_mm=pos + 5.0 * u, hole=s.get("hole") or f"X{n}"))
-        seeds.append(PlannedSeed(id=f"{name}-{n:02d}", needle_id=f"S{n:02d}", position_mm=pos))
-    base = pre.plan
-    return Plan(frame_of_reference_uid=result["frame_of_reference_uid"], ct_series_uid=result["ct_series_uid"],
-                target=base.target, prescription_gy=base.prescription_gy, seed_model=base.seed_model,
-                seed_sk_u=base.seed_sk_u, needles=needles, seeds=seeds, extra={"supplementary_for": name})
+    return supplementary_plan(pre.plan, result["supplementary"]["seeds"], name, result["frame_of_reference_uid"],
+                              result["ct_series_uid"])
 
 
 def deliverable(plan: Plan, folder: Path) -> Path:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from navigator.core.plan import Needle, Plan, PlannedSeed
 from navigator.core.transform import RigidTransform
 from navigator.core.sampling import sample_nearest
 from navigator.core.volume import Volume
@@ -507,3 +508,21 @@ def explain_count(prop: Proposal, planned: int, released: int | None, found: int
         because = ("the seeds found sit off their planned places (or the missing places cannot be reached), "
                    "so more are needed than are missing")
     return f"{ledger}; {n} restore {goals}: {because}"
+
+
+def supplementary_plan(base: Plan, proposal: list[dict], name: str, frame_of_reference_uid: str,
+                       ct_series_uid: str = "") -> Plan | None:
+    """The proposed supplementary seeds (postimplant.json ``supplementary.seeds``) as a deliverable plan in the
+    post-implant frame: one needle per seed (hole from the proposal, else an ``X<n>`` label), the seed 5 mm
+    short of the needle's tip; the prescription and seeds of ``base``. None when nothing is proposed."""
+    if not proposal:
+        return None
+    needles, seeds = [], []
+    for n, s in enumerate(proposal, start=1):
+        pos, entry = np.array(s["position_mm"], float), np.array(s["entry_mm"], float)
+        u = (pos - entry) / np.linalg.norm(pos - entry)
+        needles.append(Needle(id=f"S{n:02d}", entry_mm=entry, tip_mm=pos + 5.0 * u, hole=s.get("hole") or f"X{n}"))
+        seeds.append(PlannedSeed(id=f"{name}-{n:02d}", needle_id=f"S{n:02d}", position_mm=pos))
+    return Plan(frame_of_reference_uid=frame_of_reference_uid, ct_series_uid=ct_series_uid, target=base.target,
+                prescription_gy=base.prescription_gy, seed_model=base.seed_model, seed_sk_u=base.seed_sk_u,
+                needles=needles, seeds=seeds, extra={"supplementary_for": name})

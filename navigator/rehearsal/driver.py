@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from navigator.errors import InputError
-from navigator.core.plan import Needle, Plan, PlannedSeed
+from navigator.core.plan import Plan
 from navigator.io import write_json
 from navigator.rehearsal.world import OperatorModel, SimulatedApplicator, SimulatedWorld, alive
 from navigator.session.controller import Session, State
@@ -350,23 +350,10 @@ class Rehearsal:
 
     # --- 6. supplementary seeds ----------------------------------------------------------------------------
     def supplement_plan(self, name: str, post: dict, post_plan_frame: str) -> Plan | None:
-        """The proposal as a deliverable plan: one needle per proposed seed (hole from the proposal, or an
-        ``X<n>`` label for a freehand needle), seed 5 mm short of the needle's tip."""
-        proposal = post["result"]["supplementary"]["seeds"]
-        if not proposal:
-            return None
-        needles, seeds = [], []
-        for n, s in enumerate(proposal, start=1):
-            pos = np.array(s["position_mm"], float)
-            entry = np.array(s["entry_mm"], float)
-            u = (pos - entry) / np.linalg.norm(pos - entry)
-            hole = s.get("hole") or f"X{n}"
-            needles.append(Needle(id=f"S{n:02d}", entry_mm=entry, tip_mm=pos + 5.0 * u, hole=hole))
-            seeds.append(PlannedSeed(id=f"{name}-{n:02d}", needle_id=f"S{n:02d}", position_mm=pos))
-        base = self.plan_obj
-        return Plan(frame_of_reference_uid=post_plan_frame, ct_series_uid="", target=base.target,
-                    prescription_gy=base.prescription_gy, seed_model=base.seed_model, seed_sk_u=base.seed_sk_u,
-                    needles=needles, seeds=seeds, extra={"supplementary_for": name})
+        """The proposal as a deliverable plan (``postimplant.supplement.supplementary_plan``)."""
+        from navigator.postimplant.supplement import supplementary_plan
+
+        return supplementary_plan(self.plan_obj, post["result"]["supplementary"]["seeds"], name, post_plan_frame)
 
     # --- the whole procedure -------------------------------------------------------------------------------
     def run(self) -> dict:

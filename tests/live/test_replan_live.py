@@ -25,6 +25,10 @@ import pytest
 
 from tests.live.conftest import MISSING, Service, journal
 
+# One procedure, step after step, in one service: the module's tests run in order in one process (scripts/test
+# runs pytest-xdist with --dist loadfile; xdist_group/loadgroup does nothing under pytest 9.2, which no longer reads
+# the item's rewritten node id).
+
 REPLAN_KEYS = {"metrics_preplan", "metrics_as_placed", "metrics_replan", "seeds", "seeds_moved", "needles_used",
                "seconds"}
 MISSING_ID = f"N{MISSING + 1:02d}"
