@@ -185,7 +185,7 @@ def find_seeds(ct: Volume, expected: int | None = None, planned_mm=None, planned
     blobs, n_blobs, unit, appearance, s = _calibrated_blobs(ct, roi_mask, spacing, thickness, settings, expected,
                                                             planned_img)
     thick = spacing[2] >= s.thick_slice_mm or thickness >= s.thick_slice_mm
-    keep, warnings = _seed_blobs(ct, blobs, n_blobs, unit, spacing, s, expected)
+    keep, warnings = _seed_blobs(ct, blobs, n_blobs, unit, spacing, s, expected, _psf_var(spacing, thickness, s))
     seeds = _seeds_of(keep, ct, spacing, thickness, thick, planned_img, planned_axes_img, s)
     warnings += _count_warnings(seeds, len(keep), spacing, expected)
     result = SeedFindingResult(seeds=seeds, expected=expected, blobs=len(keep), seed_integral_hu_cc=unit / 1000.0,
@@ -262,7 +262,7 @@ def _seed_candidates(blobs: list, planned_img, s: SeedFindingSettings) -> tuple[
 
 
 def _seed_blobs(ct: Volume, blobs: list, n_blobs: int, unit: float, spacing: np.ndarray, s: SeedFindingSettings,
-                expected) -> tuple[list, list[str]]:
+                expected, psf_var: np.ndarray) -> tuple[list, list[str]]:
     """The blobs that are seeds, each with its seed count ``n``; warnings for bright objects left out."""
     if unit < s.min_seed_integral_hu_mm3:
         raise InputError(
@@ -293,7 +293,7 @@ def _seed_blobs(ct: Volume, blobs: list, n_blobs: int, unit: float, spacing: np.
             "I-125 seed (4.5 x 0.8 mm); check that this is the post-implant scan")
     for b in keep:
         b["n"] = max(1, int(round(b["ratio"])))
-    _settle_counts(keep, expected)
+    _settle_counts(keep, expected, lambda b, n: _room_for(b, n, psf_var, s))
     return keep, warnings
 
 
@@ -679,13 +679,32 @@ def _merge_fragments(blobs, unit, s) -> list[dict]:
     return out
 
 
-def _settle_counts(blobs, expected) -> None:
-    """Use the expected count only to settle ambiguous blobs (ratio within 0.25..0.75 of an integer)."""
+def _room_for(b: dict, n: int, psf_var: np.ndarray, s: SeedFindingSettings) -> bool:
+    """Whether the blob's shape has room for ``n`` seeds, from its weighted second moments less the scanner's
+    point spread along each principal direction: ``n`` seeds end to end (a strand) spread along their axis like
+    one rod of n seed lengths (variance (nL)^2/12, L the seed length), so the main variance must pass the middle
+    between n-1 and n, ((n-1/2)L)^2/12; crossing seeds widen the blob instead (two crossing at right angles:
+    a second variance of L^2/24), so a second variance above L^2/40 also gives room (a single seed's, its
+    radius^2/4 plus what the blur leaves after the point spread is removed, stays under 0.4 mm^2; two seeds
+    side by side, 0.8 mm apart, stay ambiguous and are counted by their integral alone). Used only where the integral is ambiguous: the integral of a clipped seed depends on
+    its angle to the slices (singles from 0.8 to 1.5 seeds' worth on one scanner), its shape much less."""
+    cov = _weighted_cov(b["pts"], b["w"], b["centroid_img"])
+    ev, evec = np.linalg.eigh(cov)
+    spread = ev - (evec ** 2).T @ psf_var      # per principal direction, the scanner's spread removed
+    length = s.seed_length_mm
+    return bool(spread[2] >= ((n - 0.5) * length) ** 2 / 12.0 or spread[1] >= length ** 2 / 40.0)
+
+
+def _settle_counts(blobs, expected, room) -> None:
+    """Use the expected count only to settle ambiguous blobs (ratio more than 0.2 from an integer): a blob gets one
+    more seed only where ``room(blob, n)`` says its shape holds n; so a count that exceeds what the scan shows
+    leaves seeds missing (said in the result) rather than splitting single seeds into pairs 1 mm apart."""
     if not expected:
         return
     total = sum(b["n"] for b in blobs)
     if total < expected:
-        cands = sorted((b for b in blobs if b["ratio"] - b["n"] > 0.2), key=lambda b: b["n"] - b["ratio"])
+        cands = sorted((b for b in blobs if b["ratio"] - b["n"] > 0.2 and room(b, b["n"] + 1)),
+                       key=lambda b: b["n"] - b["ratio"])
         for b in cands[: expected - total]:
             b["n"] += 1
     elif total > expected:
