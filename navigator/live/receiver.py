@@ -6,7 +6,10 @@ through a temp file, fsync and rename, so a status of success means the file is 
 in memory. An instance already on disk (same SOP Instance UID) is acknowledged and ignored. DICOM has no
 end-of-series signal, so (as Orthanc's ``StableAge``) a series is complete when none of its instances arrived
 for ``quiet_s`` seconds: a watcher thread hands each completed series to ``on_complete`` (the live session puts
-it on its queue). Associations from a calling AE title outside the allow-list are rejected before anything is
+it on its queue). When the association that carried a series' instances is released normally, the series is
+handed to ``on_settled`` at once: not complete yet (more may come within the quiet period), but likely to be, so
+the session may start its work early and keep it only if nothing arrives before the series completes.
+Associations from a calling AE title outside the allow-list are rejected before anything is
 stored, and reported to ``on_rejected`` (journaled by the session).
 """
 
@@ -65,14 +68,16 @@ class DicomReceiver:
     def __init__(self, incoming: Path, ae_title: str = "NAVIGATOR", host: str = "127.0.0.1", port: int = 11112,
                  allow_ae: list[str] | None = None, quiet_s: float = 5.0,
                  on_complete: Callable[[IncomingSeries], None] = lambda s: None,
-                 on_rejected: Callable[[dict], None] = lambda d: None):
+                 on_rejected: Callable[[dict], None] = lambda d: None,
+                 on_settled: Callable[[IncomingSeries], None] = lambda s: None):
         self.incoming = Path(incoming)
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.ae_title, self.host, self.port = ae_title, host, int(port)
         self.allow_ae = [a.strip() for a in (allow_ae or []) if a.strip()]
         self.quiet_s = float(quiet_s)
-        self.on_complete, self.on_rejected = on_complete, on_rejected
+        self.on_complete, self.on_rejected, self.on_settled = on_complete, on_rejected, on_settled
         self.series: dict[str, IncomingSeries] = {}
+        self._carried: dict[int, set[str]] = {}  # id(association) -> series it stored instances of
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = None
@@ -91,7 +96,8 @@ class DicomReceiver:
             ae.require_calling_aet = self.allow_ae
         ae.maximum_pdu_size = 0  # no limit: fewer PDUs per 512x512 slice
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
-                    (evt.EVT_REJECTED, self._on_rejected)]
+                    (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_RELEASED, self._on_released),
+                    (evt.EVT_ABORTED, self._on_aborted)]
         self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         self.port = int(self._server.server_address[1])
         self._watcher = threading.Thread(target=self._watch, name="series-watcher", daemon=True)
@@ -169,7 +175,24 @@ class DicomReceiver:
             s.fresh += 1
             s.last_at = time.monotonic()
             s.complete = False  # a late instance re-opens the series; it is handed over again when quiet
+            self._carried.setdefault(id(event.assoc), set()).add(series_uid)
         return SUCCESS
+
+    def _on_released(self, event) -> None:
+        """The sender released its association: the series it stored are probably whole (``on_settled``)."""
+        with self._lock:
+            settled = [self.series[u] for u in self._carried.pop(id(event.assoc), ()) if u in self.series]
+            settled = [s for s in settled if not s.complete and s.fresh]
+        for s in settled:
+            try:
+                self.on_settled(s)
+            except Exception:
+                log.exception("settled series %s", s.series_uid)
+
+    def _on_aborted(self, event) -> None:
+        """An aborted association promises nothing: its series complete after the quiet period only."""
+        with self._lock:
+            self._carried.pop(id(event.assoc), None)
 
     # --- the quiet-period watcher ---------------------------------------------------------------------------
     def _watch(self) -> None:

@@ -75,7 +75,7 @@ class Service:
                                            simulate_operator=o.simulate_operator)
         self.receiver = DicomReceiver(Path(o.session) / "incoming", o.ae_title, o.bind, o.dicom_port, o.allow_ae,
                                       o.series_quiet_s, on_complete=live.series_complete,
-                                      on_rejected=live.association_rejected)
+                                      on_rejected=live.association_rejected, on_settled=live.series_settled)
         live.receiver = self.receiver
         try:
             self.receiver.start()

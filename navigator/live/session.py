@@ -123,6 +123,7 @@ class LiveSession:
         self._replanning = threading.Lock()
         self._plans: dict[str, object] = {}     # plan.json path -> Plan (delivered and approved plans never change)
         self._doses: steps.SeedDoses | None = None
+        self._early: tuple[tuple, tuple] | None = None  # (what it was computed on, the step's result): see _start_early
         from navigator.live.delivery import LiveDelivery
 
         self.delivery = LiveDelivery(self)
@@ -180,6 +181,11 @@ class LiveSession:
     def series_complete(self, s: IncomingSeries) -> None:
         """Called by the receiver's watcher: queue the series for the worker."""
         self.queue.put(s.to_json())
+
+    def series_settled(self, s: IncomingSeries) -> None:
+        """Called by the receiver when the association that carried ``s`` is released: the worker may start the
+        series' step early (``_start_early``); the series is still processed, and journaled, only once complete."""
+        self.queue.put({**s.to_json(), "early": True})
 
     def association_rejected(self, data: dict) -> None:
         self.record("association_rejected", data)
@@ -245,6 +251,9 @@ class LiveSession:
                 self.changed()
 
     def _handle(self, item: dict) -> None:
+        if item.get("early"):
+            self._start_early(item)
+            return
         uid = item["series_uid"]
         rec = self.facts.series.get(uid)
         if rec is None:
@@ -267,6 +276,49 @@ class LiveSession:
             self.record("series_processed", {"series_uid": uid, "purpose": rec["purpose"], "error": str(exc)})
             return
         self.record("series_processed", {"series_uid": uid, "purpose": rec["purpose"], "result": result})
+
+    # --- early start: the step's computation between the sender's release and the end of the quiet period -----
+    def _early_key(self, uid: str, folder: Path, purpose: str) -> tuple:
+        """What an early result depends on: the series' files on disk, what it is for, the pre-plan and (for a
+        post-implant scan) the seeds released."""
+        files = len(list(folder.glob("*.dcm")))
+        released = len(self.session.facts.released_seed_ids) if purpose == "postimplant" else None
+        return uid, files, purpose, id(self.pre), released
+
+    def _start_early(self, item: dict) -> None:
+        """Compute the needle check or post-implant evaluation of a series its sender has finished sending, before
+        the quiet period declares it complete. Nothing is journaled or written: the result is kept in memory and
+        used by ``_needle_check``/``_postimplant`` only if the series, its purpose and the session's inputs are
+        unchanged when it completes (``_early_key``); otherwise it is computed again. A failure here is dropped:
+        the run on completion meets it again and reports it."""
+        uid = item["series_uid"]
+        rec = self.facts.series.get(uid)
+        if self.pre is None or (rec is not None and rec["processed"]) or (item.get("modality") or "").upper() != "CT":
+            return
+        purpose, _ = self._purpose(item)
+        if purpose not in ("reference", "all", "postimplant"):
+            return
+        folder = Path(item["folder"])
+        key = self._early_key(uid, folder, purpose)
+        self._early = None
+        self.busy = f"{purpose} series {uid} (started before its quiet period ended)"
+        try:
+            if purpose == "postimplant":
+                released = key[-1]
+                result = steps.postimplant(self.pre, folder, released or None)
+            else:
+                result = steps.needle_check(self.pre, folder, self.tolerance_mm)
+        except Exception as exc:  # noqa: BLE001 (the run on completion reports it)
+            log.info("early start of series %s dropped: %s", uid, exc)
+            return
+        self._early = (key, result)
+
+    def _take_early(self, uid: str, folder: Path, purpose: str) -> tuple | None:
+        """The early result for this series if it was computed on exactly what is here now (else None)."""
+        early, self._early = self._early, None
+        if early is not None and early[0] == self._early_key(uid, folder, purpose):
+            return early[1]
+        return None
 
     def _purpose(self, item: dict) -> tuple[str, str | None]:
         """What a completed series is for, from the session's state (and the operator's relabel)."""
@@ -336,9 +388,11 @@ class LiveSession:
         n = len(self.facts.checks) + 1
         out = self.dir / "checks" / str(n)
         try:
-            data, ct = steps.needle_check(self.pre, folder, out, self.tolerance_mm)
+            early = self._take_early(rec["series_uid"], folder, scan)
+            data, ct = early or steps.needle_check(self.pre, folder, self.tolerance_mm)
         except RegistrationError as exc:
             raise InputError(f"registration refused ({exc}); rescan the patient") from None
+        steps.write_needle_check(data, out)
         with self.lock:
             if self.state == State.PREPLAN_LOADED:
                 self.session.accept_registration(data["registration"])
@@ -351,7 +405,7 @@ class LiveSession:
             self._advance(scan)
         self.changed()
         _background(steps.needles_html, self.pre, data, ct, out)
-        return {"check": n, "scan": scan, "out_of_tolerance": data["out_of_tolerance"]}
+        return {"check": n, "scan": scan, "out_of_tolerance": data["out_of_tolerance"], "started_early": bool(early)}
 
     def _advance(self, scan: str) -> None:
         """The transition a passed (or fully accepted) check allows, if the session has not made it yet."""
@@ -366,8 +420,10 @@ class LiveSession:
         n = len(self.facts.postimplants) + 1
         out = self.dir / "postimplant" / str(n)
         released = len(self.session.facts.released_seed_ids)
-        result, res, post = steps.postimplant(self.pre, folder, out, released or None)
-        summary = steps.postimplant_summary(result)
+        early = self._take_early(rec["series_uid"], folder, "postimplant")
+        res, post = early or steps.postimplant(self.pre, folder, released or None)
+        steps.write_postimplant(res, post, out)
+        summary = steps.postimplant_summary(res.result)
         with self.lock:
             self.record("postimplant_written", {"n": n, "series_uid": rec["series_uid"], "dir": str(out),
                                                 "summary": summary})
@@ -375,7 +431,7 @@ class LiveSession:
                 self.session.postimplant_evaluated(summary)
         self.changed()
         _background(steps.postimplant_html, res, post, out)
-        return {"postimplant": n, **summary}
+        return {"postimplant": n, **summary, "started_early": bool(early)}
 
     # --- decisions -----------------------------------------------------------------------------------------
     def accept(self, user, needle_ids: list[str], reason: str) -> dict:

@@ -122,8 +122,8 @@ def ctv_name_of(plan: Plan, structures: dict) -> str | None:
                  if n and n in structures), None)
 
 
-def needle_check(pre: Preplan, ct_dir: Path, out: Path, tolerance_mm: float = 2.0) -> tuple[dict, Volume]:
-    """needles.json of the intraop CT in ``ct_dir`` for every planned needle, written to ``out``."""
+def needle_check(pre: Preplan, ct_dir: Path, tolerance_mm: float = 2.0) -> tuple[dict, Volume]:
+    """needles.json's content for the intraop CT in ``ct_dir``, every planned needle (nothing written)."""
     from navigator.intraop.check import (
         CheckOptions,
         check_inputs,
@@ -137,11 +137,13 @@ def needle_check(pre: Preplan, ct_dir: Path, out: Path, tolerance_mm: float = 2.
     reg = register_to_plan(pre.plan, pre.ct, ct)
     check = check_needles(pre.plan, ct, reg, pre.ctv_points, pre.ctv_note, CheckOptions(tolerance_mm=tolerance_mm),
                           intraop_name="the received CT")
-    data = check.to_json()
+    return check.to_json(), ct
+
+
+def write_needle_check(data: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "registration.json", data["registration"])
     write_json(out / "needles.json", data)
-    return data, ct
 
 
 def needles_html(pre: Preplan, data: dict, ct: Volume, out: Path) -> None:
@@ -154,10 +156,11 @@ def needles_html(pre: Preplan, data: dict, ct: Volume, out: Path) -> None:
         log.exception("needles.html for %s", out)
 
 
-def postimplant(pre: Preplan, ct_dir: Path, out: Path, expected_seeds: int | None) -> tuple[dict, object, Volume]:
-    """postimplant.json (and RTDOSE.dcm) of the post-implant CT in ``ct_dir``."""
+def postimplant(pre: Preplan, ct_dir: Path, expected_seeds: int | None) -> tuple[object, Volume]:
+    """The post-implant evaluation of the CT in ``ct_dir`` (``postimplant.pipeline.PostimplantResult``; nothing
+    written)."""
     from navigator.imaging.registration import check_same_patient
-    from navigator.io.dicom import load_ct_series, write_rtdose
+    from navigator.io.dicom import load_ct_series
     from navigator.postimplant.pipeline import PostimplantOptions, run_postimplant
 
     if not pre.structures:
@@ -168,10 +171,16 @@ def postimplant(pre: Preplan, ct_dir: Path, out: Path, expected_seeds: int | Non
     res = run_postimplant(pre.plan, pre.ct, post, pre.structures,
                           PostimplantOptions(expected_seeds=expected_seeds, field_cache=pre.field_cache),
                           masks=pre.masks())
+    return res, post
+
+
+def write_postimplant(res, post: Volume, out: Path) -> None:
+    """postimplant.json and RTDOSE.dcm."""
+    from navigator.io.dicom import write_rtdose
+
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "postimplant.json", res.result)
     write_rtdose(out / "RTDOSE.dcm", res.dose, post, comment="post-implant dose, found seeds")
-    return res.result, res, post
 
 
 def postimplant_html(res, post: Volume, out: Path) -> None:
