@@ -96,7 +96,7 @@ def stop_simulator(proc, log: Path) -> int:
 
 def rehearse_cmd(out: Path, seed: int, case: str, url: str) -> list[str]:
     return [sys.executable, "-m", "navigator.cli", "rehearse", "--out", str(out), "--seed", str(seed),
-            "--case", case, "--device", url, "--json"]
+            "--case", case, "--device", url, "--json", "--in-process"]
 
 
 def journal_entries(path: Path) -> list[dict]:

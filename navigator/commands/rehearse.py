@@ -1,8 +1,10 @@
 """``navigator rehearse [--out DIR] [--seed N] [--case NAME] [--device URL]``: the main job.
 
-A whole simulated procedure on a synthetic patient (navigator/rehearsal.py). Running it again on the same
-``--out`` resumes from the journal (after a crash or a kill): the device is reconciled first and no seed is
-released twice.
+A whole simulated procedure on a synthetic patient, through the live path by default
+(``navigator.rehearsal.live_path``: the service receives every scan by DICOM and the simulated physicist acts
+through its HTTP API); ``--in-process`` calls each step in this process instead (``navigator.rehearsal.driver``).
+Running it again on the same ``--out`` resumes from the journal (after a crash or a kill): the device is
+reconciled first and no seed is released twice.
 """
 
 from __future__ import annotations
@@ -28,9 +30,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-needles", type=number(0, 50, integer=True), default=0, metavar="N",
                         help="rehearse abandoned needles: leave out the N needles with the most seeds (a cold region "
                              "for the supplementary-seed loop; default 0)")
-    parser.add_argument("--live", action="store_true",
-                        help="through the live path: `navigator serve` receives every scan by DICOM C-STORE and the "
-                             "simulated physicist acts through its HTTP API (OUT/live/)")
+    path = parser.add_mutually_exclusive_group()
+    path.add_argument("--live", action="store_true",
+                      help="through the live path (the default): `navigator serve` receives every scan by DICOM "
+                           "C-STORE and the simulated physicist acts through its HTTP API (OUT/live/)")
+    path.add_argument("--in-process", action="store_true",
+                      help="without the service: each step called in this process on the scans' folders (no DICOM "
+                           "network, no HTTP; faster, and the path the journal's crash tests kill at random)")
     parser.add_argument("--watch", action="store_true",
                         help="--live at a human pace, printing the console's URL and login so a team can follow "
                              "the rehearsal in a browser")
@@ -57,7 +63,9 @@ def run(args) -> int:
     opts = RehearsalOptions(out=out, case=args.case, seed=args.seed, device_url=args.device, rx_gy=args.rx_gy,
                             activity_mci=args.activity_mci, seed_model=args.seed_model, progress=progress.step,
                             skip_needles=max(0, args.skip_needles))
-    if args.watch or args.live:
+    if args.watch and args.in_process:
+        raise InputError("--watch follows the rehearsal in the console of the live service: leave out --in-process")
+    if not args.in_process:
         from navigator.rehearsal.live_path import LiveRehearsal
 
         def announce(text: str) -> None:  # on stderr with the progress: stdout stays for the result (--json)

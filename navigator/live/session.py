@@ -118,6 +118,7 @@ class LiveSession:
         self.receiver = None
         self.pre: steps.Preplan | None = None
         self.busy: str | None = None
+        self.warm = False  # the worker's warm-up is done: a scan now pays only for its own step
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._replanning = threading.Lock()
@@ -235,6 +236,8 @@ class LiveSession:
             self._warm_up()
         except Exception:  # the first scan then pays for it; nothing is lost
             log.exception("warm-up")
+        self.warm = True
+        self.changed()
         while True:
             item = self.queue.get()
             if item is None or self._stopping.is_set():
@@ -804,7 +807,7 @@ class LiveSession:
         return {"state": self.state.value, "next_step": self.next_step(),
                 "patient_id": (self.pre.patient_id or None) if self.pre else (self._first_patient() or None),
                 "prescription_gy": float(self.pre.plan.prescription_gy) if self.pre else None,
-                "busy": self.busy, "last_error": self.facts.last_error,
+                "busy": self.busy, "warm": self.warm, "last_error": self.facts.last_error,
                 "checks": len(self.facts.checks), "postimplants": len(self.facts.postimplants),
                 "replans": len(self.facts.replans),
                 "replan_approved": self.facts.approvals[-1]["replan"] if self.facts.approvals else None}

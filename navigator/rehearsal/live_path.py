@@ -150,7 +150,8 @@ class LiveRehearsal(Rehearsal):
     def __init__(self, opts: RehearsalOptions, pace_s: float = 0.0, http_port: int = 0, series_quiet_s: float = 0.5,
                  announce=None):
         if opts.skip_needles:
-            raise InputError("--skip-needles is rehearsed on the command-line path only; leave out --live/--watch")
+            raise InputError("--skip-needles is rehearsed on the in-process path only (the live service has no "
+                             "'abandon a needle' decision yet): add --in-process")
         super().__init__(opts)
         self.pace_s = pace_s
         self.http_port = http_port

@@ -50,7 +50,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 def _rehearse_cmd(out: Path, device: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "navigator.cli", "rehearse", "--out", str(out), "--seed", str(SEED),
-           "--case", CASE, "--json"]
+           "--case", CASE, "--json", "--in-process"]
     return cmd + (["--device", device] if device else [])
 
 
