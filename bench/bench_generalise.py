@@ -92,6 +92,7 @@ class Cell:
     seed_z_limit_mm: float = 0.0
     tre_mm: float = float("nan")
     est_mm: float = float("nan")
+    refused: bool = False   # the registration refused itself: the check is not made, the operator told to rescan
     seconds: float = 0.0
     note: str = ""
 
@@ -159,6 +160,7 @@ def run_cell(patient, scanner: str, slice_mm: float, geometry: str, n_needles: i
         cell.tre_mm = float(np.max(np.linalg.norm(reg.map_fixed_to_moving(pts) - true.apply(pts), axis=1)))
         cell.est_mm = reg.estimated_error_mm
         if reg.refusal:
+            cell.refused = True
             cell.note += f"registration refused ({reg.refusal.split(':')[0]}); "
     except NavigatorError as exc:
         cell.note += f"registration failed: {exc}; "
@@ -224,7 +226,8 @@ def format_cell(c: Cell) -> str:
     if c.seed_z_limit_mm <= SEED_GOAL_MM:
         seed3d = _mm([s[0] for s in c.seed], goal_mm=SEED_GOAL_MM)
     inplane = _mm([s[1] for s in c.seed])
-    tre_flag = "!" if not c.tre_mm <= TRE_GOAL_MM else ""
+    # 'R': above the goal but refused by the registration itself (said, not used): not a silent miss
+    tre_flag = ("R" if c.refused else "!") if not c.tre_mm <= TRE_GOAL_MM else ""
     bound = "" if c.tre_mm <= c.est_mm else "<"   # '<': the estimate did not bound the error
     tre = f"{c.tre_mm:.2f}{tre_flag}/{c.est_mm:.2f}{bound}"
     return (f"{c.scanner:<9}{c.slice_mm:>6.3g} {c.geometry:<11}{c.found:>4}/{c.needles:<5}{c.false:>6} {tip3d:>13} "
@@ -272,7 +275,8 @@ def main(argv=None) -> int:
     print("scanners: " + "; ".join(f"{n} {PIXEL_MM.get(n, 0.8)} mm px, clip {SCANNERS[n].hu_max:.0f}, "
                                    f"{SCANNERS[n].slice_profile}, PSF {SCANNERS[n].psf_fwhm_mm} mm, bloom "
                                    f"{SCANNERS[n].bloom_fraction}, streaks {SCANNERS[n].streaks}" for n in scanners))
-    print("figures mm as mean/max; '!' misses the goal (tip 0.7 mean up to 2.5 mm slices, seed 0.5, TRE 0.5); "
+    print("figures mm as mean/max; '!' misses the goal (tip 0.7 mean up to 2.5 mm slices, seed 0.5, TRE 0.5), "
+          "'R' a TRE above the goal from a registration that refused itself (the check asks for a rescan); "
           "n/a(z R): inside one slice, RMS R mm through it; TRE/est '<': estimate below the error;\n"
           "registration: one per scanner x slice (on the first geometry's scan), reused for the other geometries")
     print(HEADER)
@@ -301,7 +305,8 @@ def _summary(cells: list[Cell], seconds: float) -> None:
           f"{sum(c.seeds_false for c in cells)}; seed 3D (where z is resolvable) mean "
           f"{np.mean(seeds) if seeds else float('nan'):.2f} max {np.max(seeds) if seeds else float('nan'):.2f} mm; "
           f"TRE max {max(tre) if tre else float('nan'):.2f} mm, bounded by its estimate in {bounded}/{len(cells)} "
-          f"cells; cells missing a goal: {sum(1 for c in cells if '!' in format_cell(c))}")
+          f"cells; cells missing a goal: {sum(1 for c in cells if '!' in format_cell(c))}; registration refused "
+          f"(said, not used) in {sum(1 for c in cells if c.refused)}")
 
 
 if __name__ == "__main__":

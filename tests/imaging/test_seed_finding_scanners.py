@@ -102,3 +102,65 @@ def test_blur_and_slice_profile_are_measured_on_the_scan(name):
                                                                               scanner_blur_sigma_mm=0.35))
     assert forced.appearance.slice_profile == "box" and forced.appearance.profile_source == "setting"
     assert forced.appearance.blur_sigma_mm == 0.35 and forced.appearance.blur_source == "setting"
+
+
+def _touching_implant():
+    """Seeds that touch after the blur: three pairs of parallel seeds side by side, 2.5 mm apart (seeds of two
+    neighbouring needles 5 mm apart in the template, drawn toward each other), and three crossings (two seeds
+    at 60 degrees, centres 2.3 mm apart, and a third 2.4 mm beside the crossing), as the bench's 'neighbours'
+    and 'crossing' geometries make them; isolated seeds around them for the appearance."""
+    centre = np.array([-20.0, 35.0, -140.0])
+    d = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])
+    u = np.cross(d, [1.0, 0.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(d, u)
+    d2 = np.cos(np.radians(60.0)) * d + np.sin(np.radians(60.0)) * u
+    pos, axes = [], []
+    for k in range(3):                                      # side by side
+        c = centre + (k - 1) * 14.0 * v - 16.0 * u
+        pos += [c - 1.25 * u, c + 1.25 * u]
+        axes += [d, d]
+    for k in range(3):                                      # crossings
+        c = centre + (k - 1) * 14.0 * v + 12.0 * u
+        pos += [c - 1.15 * v, c + 1.15 * v, c + 2.4 * u]
+        axes += [d, d2, d]
+    for k in range(8):                                      # isolated
+        c = centre + (k - 3.5) * 9.0 * v + 30.0 * u
+        pos.append(c)
+        axes.append(d)
+    return centre, np.array(pos), np.array(axes)
+
+
+@pytest.mark.parametrize("name, slice_mm, pixel_mm", [("vendor_c", 0.625, 0.5), ("vendor_c", 1.25, 0.5),
+                                                      ("vendor_b", 2.5, 0.9)])
+def test_touching_seeds_of_neighbouring_and_crossing_needles(name, slice_mm, pixel_mm):
+    """Each seed of a touching group where it is, not pulled toward its neighbour: the mixture started every
+    member along the group's long axis (across two parallel seeds lying farther apart than half their length),
+    and shared the overlap's voxels; the fit of blurred, clipped rods places them (0.5 mm goal on the mean, as
+    the bench's cells; before, on vendor_c: 1.6 mm for each seed of a side-by-side pair)."""
+    scanner = SCANNERS[name]
+    rng = np.random.default_rng(41)
+    centre, pos, axes = _touching_implant()
+    shape = (round(60.0 / slice_mm), int(100.0 / pixel_mm), int(100.0 / pixel_mm))
+    origin = centre - np.array([50.0, 50.0, 30.0])
+    ct = _background(shape, (pixel_mm, pixel_mm, slice_mm), origin, rng)
+    if scanner.slice_profile == "box":
+        scan = render_seeds(ct, pos, axes, rng, scanner)
+    else:                                                   # Gaussian profile, as _scan_profiled renders it
+        m = 3
+        fine = Volume(np.zeros((m * shape[0] + 2 * m,) + shape[1:], np.float32),
+                      origin + np.array([0.0, 0.0, -1.5 * slice_mm + 0.5 * slice_mm / m]),
+                      (pixel_mm, pixel_mm, slice_mm / m), direction=np.eye(3))
+        occ_f = seed_occupancy(fine, pos, axes)
+        off = (np.arange(3 * m) + 0.5 - 1.5 * m) * slice_mm / m
+        w = np.exp(-0.5 * (off / (slice_mm / 2.3548)) ** 2)
+        occ = sum(np.float32(wt / w.sum()) * occ_f[s: s + m * shape[0]: m] for s, wt in enumerate(w))
+        scan = ct.with_array(add_metal(ct, occ * np.float32(20000.0), np.minimum(occ, 1.0), rng,
+                                       scanner).astype(np.float32))
+    res = find_seeds(scan, expected=len(pos), planned_mm=pos, planned_axes=axes,
+                     settings=SeedFindingSettings(slice_profile=scanner.slice_profile))
+    assert len(res.seeds) == len(pos)
+    _, _, err = _match(pos, res.positions_mm)
+    touching = err[:15]
+    assert touching.mean() <= 0.5 and err.max() < 1.0, f"touching seeds: mean {touching.mean():.2f}, " \
+                                                        f"max {err.max():.2f} mm"
