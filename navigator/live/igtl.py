@@ -1,9 +1,10 @@
 """OpenIGTLink server for 3D Slicer (live-session.md, "OpenIGTLink"): the plan's seeds, the seeds found (or
 released), each found needle as a transform, and the status, in RAS millimetres of the pre-plan frame.
 
-- ``POINT`` ``PlannedSeeds``: the plan's seeds; ``POINT`` ``Seeds``: the seeds of the latest post-implant CT
-  (mapped back to the pre-plan frame through its registration), else the seeds released so far at their
-  planned positions.
+- ``POINT`` ``PlannedSeeds``: the seeds of the plan in force (the pre-plan, or the re-plan a physicist approved:
+  a revision lies in the pre-plan frame); ``POINT`` ``Seeds``: the seeds of the latest post-implant CT (mapped
+  back to the pre-plan frame through its registration), else the seeds released so far at the positions of the
+  plan each was delivered from.
 - ``TRANSFORM`` ``Needle_<id>``: translation = the found tip; third rotation column = the unit direction from
   the tip towards the entry (mapped to the pre-plan frame through the check's registration).
 - ``STRING`` ``Status``: "<state>: <next step>".
@@ -42,7 +43,7 @@ def snapshot(live) -> dict[str, tuple]:
     pre = live.pre
     if pre is None:
         return out
-    plan = pre.plan
+    plan = _plan_in_force(live)
     if plan.seeds:
         out["PlannedSeeds"] = ("POINT", ([s.id for s in plan.seeds], ras(plan.seed_positions_mm()).round(3).tolist()))
     seeds = _seeds(live)
@@ -50,6 +51,18 @@ def snapshot(live) -> dict[str, tuple]:
         out["Seeds"] = ("POINT", seeds)
     out.update(_needles(live))
     return out
+
+
+def _plan_in_force(live):
+    """The plan delivered next: an approved re-plan, else the pre-plan (also while a newer check waits for its
+    re-plan: the approved one then no longer holds, and the pre-plan is what was planned)."""
+    from navigator.session.controller import SessionStateError
+
+    try:
+        _, path, approval = live.plan_in_force()
+    except SessionStateError:
+        return live.pre.plan
+    return live.pre.plan if approval is None else live.plan_at(path)
 
 
 def _seeds(live):
@@ -61,6 +74,7 @@ def _seeds(live):
             return ([f"F{k + 1:03d}" for k in range(len(pts))], ras(pts).round(3).tolist())
     released = live.session.facts.released_seed_ids
     by_id = {s.id: s.position_mm for s in live.pre.plan.seeds}
+    by_id.update({sid: v["position_mm"] for sid, v in live.started_seeds().items()})   # delivered from
     ids = [i for i in released if i in by_id]
     if not ids:
         return None

@@ -552,7 +552,7 @@ class LiveSession:
                 raise SessionStateError("the last delivery is not reconciled (ledger, device counter and RECORD list "
                                         "disagree): start it again to reconcile (or image the patient) before "
                                         "re-planning what is left")
-        known = self._started_seeds()
+        known = self.started_seeds()
         unknown = [sid for sid in released if sid not in known]
         if unknown:
             raise SessionStateError(f"released seeds {', '.join(unknown)} are in no delivered plan of the pre-plan's "
@@ -656,7 +656,7 @@ class LiveSession:
             plan = self._plans[key] = Plan.load(path, "plan")
         return plan
 
-    def _started_seeds(self) -> dict[str, dict]:
+    def started_seeds(self) -> dict[str, dict]:
         """seed id -> {"needle_id", "position_mm", "axis"} of every plan a delivery was started on in the
         pre-plan's frame (the position where the ledger knows the seed went)."""
         out: dict[str, dict] = {}
@@ -686,7 +686,7 @@ class LiveSession:
         if not len(doses.points_mm):
             return None
         with self.lock:
-            known = self._started_seeds()
+            known = self.started_seeds()
             released = [sid for sid in self.session.facts.released_seed_ids if sid in known]
             name, plan = None, None
             if self.state in INTRAOP_STATES:

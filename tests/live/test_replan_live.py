@@ -220,6 +220,37 @@ def test_delivery_releases_the_revision_and_projects_per_needle(room):
     release(room)
 
 
+def test_slicer_shows_the_revision_and_the_seeds_where_they_went(room):
+    """OpenIGTLink (a pyigtl client as 3D Slicer): ``PlannedSeeds`` are the approved revision's seeds, and
+    ``Seeds`` the seeds released so far at the revision's positions (not at the pre-plan's), in RAS."""
+    import pyigtl
+
+    svc, session = room["svc"], room["session"]
+    vera = tokens(room)["vera"]
+    latest = svc.call("GET", "/api/replan/latest", token=vera)[1]
+    assert latest["approved"], latest
+    revision = json.loads(Path(latest["revision_plan"]).read_text())
+    released = [s["seed_id"] for s in svc.call("GET", "/api/delivery", token=vera)[1]["seeds"]]
+    assert released
+    delivered = {s["id"]: s["position_mm"]
+                 for s in json.loads((session / "delivery" / "plan.json").read_text())["seeds"]}
+    client = pyigtl.OpenIGTLinkClient(host="127.0.0.1", port=svc.igtl_port)
+    try:
+        planned = client.wait_for_message("PlannedSeeds", timeout=15)
+        seeds = client.wait_for_message("Seeds", timeout=15)
+    finally:
+        client.stop()
+    assert planned is not None and seeds is not None
+    assert list(planned.names) == [s["id"] for s in revision["seeds"]]
+    assert np.allclose(np.array(planned.positions, float) * [-1, -1, 1],
+                       [s["position_mm"] for s in revision["seeds"]], atol=1e-2)
+    assert list(seeds.names) == released
+    assert np.allclose(np.array(seeds.positions, float) * [-1, -1, 1], [delivered[i] for i in released], atol=1e-2)
+    pre = {s["id"]: s["position_mm"] for s in json.loads(room["case"]["plan"].read_text())["seeds"]}
+    moved = [i for i in released if i not in pre or np.linalg.norm(np.subtract(pre[i], delivered[i])) > 0.05]
+    assert moved, "the revision moved none of the released seeds: the test shows nothing"
+
+
 def test_console_replan_panel(room, tmp_path_factory):
     """Headless Chromium: the operator runs the re-plan of what is left from the delivery screen; the panel shows
     pre-plan / as placed / re-plan; the operator's approve button is disabled with the reason, the physicist's
