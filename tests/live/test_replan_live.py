@@ -362,6 +362,26 @@ def test_a_restart_keeps_the_approvals(room):
     assert "session_resumed" in [e["kind"] for e in journal(room["session"])]
 
 
+def test_the_session_report_lists_the_replans(room):
+    """GET /api/report: a row per re-plan with its D90 (pre-plan / as placed / re-plan), who made and approved it
+    and the delivery it became; the delivery's projected dose."""
+    import re
+
+    svc = room["svc"]
+    vera = tokens(room)["vera"]
+    code, page = svc.call("GET", "/api/report", token=vera, raw=True)
+    assert code == 200 and "Re-plans on the needles as found" in page
+    latest = svc.call("GET", "/api/replan/latest", token=vera)[1]
+    m = latest["metrics_replan"]
+    assert f"{m['D90_gy']:.1f}" in page
+    rows = re.findall(r"<tr>(.*?)</tr>", page.split("Re-plans on the needles as found")[1].split("</table>")[0], re.S)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
+    cells = [c for c in cells if c]
+    assert [c[0] for c in cells] == [str(n) for n in range(1, latest["replan"] + 1)]
+    assert all(c[6] == "phil" for c in cells) and cells[0][7] == "delivery"
+    assert "projected D90 (Gy), released + still planned" in page
+
+
 def test_released_dose_folded_into_the_penalties_changes_no_move():
     """``planning.replan._with_base``: the optimiser's penalty of dose d with the thresholds lowered by the released
     seeds' dose b differs from the true penalty of d + b by a constant per point (so every move compares alike)."""
