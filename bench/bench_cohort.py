@@ -72,8 +72,14 @@ def _run(root: Path, workers: int):
 def _coverage(reps: int) -> list[str]:
     from navigator.cohort.stats import roc_analysis
 
+    from scipy.optimize import brentq
+
     spec, rng, out = CohortSpec(), np.random.default_rng(0), []
     lo, hi = spec.d90_range
+    # the population Youden cut-off: where the response probability equals the prevalence (d/dt of TPR - FPR = 0)
+    p = lambda d: 1 / (1 + np.exp(-(d - spec.cutoff_d90_gy) / spec.response_width_gy))   # noqa: E731
+    prevalence = p(np.linspace(lo, hi, 20001) * spec.cutoff_d90_gy).mean()
+    truth = brentq(lambda t: p(t) - prevalence, lo * spec.cutoff_d90_gy, hi * spec.cutoff_d90_gy)
     for n in (12, 40, 100):
         hits, widths, est, used = 0, [], [], 0
         for _ in range(reps):
@@ -83,7 +89,7 @@ def _coverage(reps: int) -> list[str]:
                 continue
             a = roc_analysis(y, d90, 300, 0)
             c = a["youden_cutoff_ci95_gy"]
-            hits += c[0] <= spec.cutoff_d90_gy <= c[1]
+            hits += c[0] <= truth <= c[1]
             widths.append(c[1] - c[0])
             est.append(a["youden_cutoff_d90_gy"])
             used += 1

@@ -5,9 +5,16 @@ chi-squared tail); this module only arranges them and reports their numbers.
 - ROC of D90 for the response (higher D90, more likely a response), its AUC, and the Youden cut-off: the
   threshold maximising sensitivity + specificity - 1. ROC thresholds are observed D90 values; the cut-off is
   reported, as SPSS and most papers do, halfway between that D90 and the next lower observed one, so "D90 >=
-  cut-off" classifies the cohort exactly as the threshold does. Its 95 % confidence interval (and the AUC's):
+  cut-off" classifies the cohort exactly as the threshold does. The AUC's 95 % confidence interval:
   percentiles of a stratified bootstrap over patients (``sklearn.utils.resample``, ``bootstrap`` resamples,
-  ``numpy.random.RandomState(seed)``: same seed, same interval).
+  ``numpy.random.RandomState(seed)``: same seed, same interval). The cut-off's: percentiles of the same
+  resamples with each resampled D90 moved by Gaussian noise of SD ``CUTOFF_SMOOTHING`` x Silverman's bandwidth
+  (a smoothed bootstrap). The cut-off maximises a step function of the data (a cube-root estimator); the plain
+  bootstrap of such an estimator is not consistent and its interval is too short: over cohorts drawn from a
+  known dose-response (bench/bench_cohort.py --coverage) the plain percentile interval held the true cut-off
+  in 75 / 90 / 87 % of cohorts of 12 / 40 / 100 patients, the smoothed one (half Silverman) in 93 / 99 / 99 %
+  (100 cohorts each; a full Silverman bandwidth: 100 %, twice as wide). The smoothing also stands for what the
+  plain bootstrap ignores: each D90 is itself measured to a few Gy (seed positions, contours).
 - The same ROC (AUC, cut-off, sensitivity, specificity) for the other metrics (D100, V90-V200, HI, volume).
 - Logistic regression of the response on D90 (unpenalised): odds ratio per 10 Gy, the D90 of a 50 %
   response probability, the likelihood-ratio test against the intercept-only model. When D90 separates the
@@ -22,6 +29,7 @@ import warnings as _warnings
 
 import numpy as np
 
+CUTOFF_SMOOTHING = 0.5   # x Silverman's bandwidth, for the cut-off's smoothed bootstrap (module docstring)
 OTHER_METRICS = ("D100_gy", "V90_pct", "V100_pct", "V150_pct", "V200_pct", "HI", "ctv_cc")
 MIN_PER_CLASS = 2
 
@@ -53,11 +61,11 @@ def roc_analysis(y, d90, bootstrap: int, seed: int) -> dict:
     rs = np.random.RandomState(seed)
     cut, auc = [], []
     idx = np.arange(len(y))
+    h = CUTOFF_SMOOTHING * silverman_bandwidth(d90)
     for _ in range(int(bootstrap)):
         b = resample(idx, replace=True, stratify=y, random_state=rs)
-        yb = youden(y[b], d90[b])
-        cut.append(yb["cutoff"])
-        auc.append(yb["auc"])
+        auc.append(youden(y[b], d90[b])["auc"])
+        cut.append(youden(y[b], d90[b] + rs.normal(0.0, h, len(b)))["cutoff"])
     ci = (lambda v: [float(x) for x in np.percentile(v, [2.5, 97.5])]) if bootstrap else (lambda v: None)
     return {
         "roc_auc": float(roc_auc_score(y, d90)), "roc_auc_ci95": ci(auc),
@@ -67,8 +75,19 @@ def roc_analysis(y, d90, bootstrap: int, seed: int) -> dict:
         "roc_curve": {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
                       "thresholds_gy": [float(t) if np.isfinite(t) else None for t in thr]},
         "bootstrap": {"samples": int(bootstrap), "seed": int(seed),
-                      "method": "stratified resampling of patients (sklearn.utils.resample), percentile 95 % CI"},
+                      "method": "stratified resampling of patients (sklearn.utils.resample), percentile 95 % CI; "
+                                f"for the cut-off smoothed by Gaussian noise of SD {h:.2f} Gy "
+                                f"({CUTOFF_SMOOTHING} x Silverman's bandwidth)",
+                      "cutoff_smoothing_sd_gy": float(h)},
     }
+
+
+def silverman_bandwidth(values) -> float:
+    """Silverman's rule of thumb: 0.9 min(SD, IQR / 1.34) n^(-1/5)."""
+    v = np.asarray(values, float)
+    iqr = float(np.subtract(*np.percentile(v, [75, 25])))
+    spread = min(float(np.std(v, ddof=1)), iqr / 1.34) if iqr > 0 else float(np.std(v, ddof=1))
+    return 0.9 * spread * len(v) ** -0.2
 
 
 def metrics_roc(y, table: dict[str, np.ndarray]) -> dict:

@@ -97,3 +97,27 @@ def test_analysis_without_events_has_km_but_no_cox():
     a, notes = analyse(pairs, True, CohortOptions(bootstrap=50))
     assert a["km"] is not None and a["cox"] is None and "no events" in notes[0]
     assert a["metrics_roc"]["V100_pct"]["auc"] == 1.0 and a["metrics_roc"]["D100_gy"] is None
+
+
+def test_the_cut_off_interval_holds_the_true_cut_off_in_small_cohorts():
+    """Coverage of the Youden cut-off's 95 % interval over 40 cohorts of 12 patients drawn from a known logistic
+    dose-response (D90 uniform 50-160 Gy, midpoint 100 Gy, scale 5 Gy). The population Youden cut-off is where
+    the response probability equals the prevalence (d/dt of TPR - FPR vanishes there), 100.9 Gy here. The plain
+    percentile bootstrap held it in 75 % of such cohorts (bench_cohort --coverage); the smoothed one must hold it
+    in at least 85 % (measured 93 % over 100 cohorts)."""
+    from scipy.optimize import brentq
+
+    p = lambda d: 1 / (1 + np.exp(-(d - 100.0) / 5.0))                         # noqa: E731
+    grid = np.linspace(50, 160, 20001)
+    prevalence = p(grid).mean()
+    truth = brentq(lambda t: p(t) - prevalence, 50, 160)
+    rng, hits, used = np.random.default_rng(5), 0, 0
+    while used < 40:
+        d90 = rng.uniform(50, 160, 12)
+        y = (rng.uniform(size=12) < p(d90)).astype(int)
+        if min(y.sum(), 12 - y.sum()) < 2:
+            continue
+        lo, hi = stats.roc_analysis(y, d90, 200, seed=used)["youden_cutoff_ci95_gy"]
+        hits += lo <= truth <= hi
+        used += 1
+    assert hits / used >= 0.85, f"coverage {hits}/{used}"
