@@ -72,19 +72,14 @@ def _run(root: Path, workers: int):
 def _coverage(reps: int) -> list[str]:
     from navigator.cohort.stats import roc_analysis
 
-    from scipy.optimize import brentq
-
     spec, rng, out = CohortSpec(), np.random.default_rng(0), []
     lo, hi = spec.d90_range
-    # the population Youden cut-off: where the response probability equals the prevalence (d/dt of TPR - FPR = 0)
-    p = lambda d: 1 / (1 + np.exp(-(d - spec.cutoff_d90_gy) / spec.response_width_gy))   # noqa: E731
-    prevalence = p(np.linspace(lo, hi, 20001) * spec.cutoff_d90_gy).mean()
-    truth = brentq(lambda t: p(t) - prevalence, lo * spec.cutoff_d90_gy, hi * spec.cutoff_d90_gy)
+    truth = spec.population_youden_cutoff_gy()
     for n in (12, 40, 100):
         hits, widths, est, used = 0, [], [], 0
         for _ in range(reps):
             d90 = rng.uniform(lo, hi, n) * spec.cutoff_d90_gy
-            y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(d90 - spec.cutoff_d90_gy) / spec.response_width_gy))).astype(int)
+            y = (rng.uniform(size=n) < spec.response_probability(d90)).astype(int)
             if min(y.sum(), n - y.sum()) < 2:
                 continue
             a = roc_analysis(y, d90, 300, 0)

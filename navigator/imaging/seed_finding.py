@@ -774,15 +774,21 @@ def _split_blob(b, planned_img, psf_var, s):
         yield c, _weighted_cov(pts, wm, c), wm
 
 
+def _by_component(recs) -> list[list[dict]]:
+    """The seeds grouped by the low-threshold component their blob was cut from (its shared window,
+    ``b["parent"]``), in order of first appearance."""
+    groups: dict[int, list[dict]] = {}
+    for r in recs:
+        groups.setdefault(id(r["b"]["parent"]), []).append(r)
+    return list(groups.values())
+
+
 def _resplit_parents(recs, psf_var, s) -> list[dict]:
     """Where a component was cut into several cores, re-partition its whole window among all its seeds with
     the shape-constrained mixture, started from the per-core estimates: the nearest-core cut is poor across
     thick slices (stacked needles 2 slices apart share blurred voxels)."""
-    by_parent: dict[int, list[dict]] = {}
-    for r in recs:
-        by_parent.setdefault(id(r["b"]["parent"]), []).append(r)
     out = []
-    for group in by_parent.values():
+    for group in _by_component(recs):
         if len(group) == 1:
             out.extend(group)
             continue
@@ -866,13 +872,9 @@ def _fit_touching(recs, psf_var, clip_hu, voxel_mm3: float, s) -> None:
     seed's length or puts two centres closer than a seed's diameter (solid seeds cannot overlap)."""
     from scipy.optimize import least_squares
 
-    groups: dict[int, list[dict]] = {}
-    for r in recs:
-        if r["b"]["n"] >= 2 or r["b"]["parent"] is not None:
-            groups.setdefault(id(r["b"]["parent"]), []).append(r)
     half = s.seed_length_mm / 2.0
     cov = np.diag(psf_var) + (s.seed_diameter_mm ** 2 / 16.0) * np.eye(3)
-    for group in groups.values():
+    for group in _by_component(recs):
         if len(group) < 2:
             continue
         pts, w = group[0]["b"]["parent"]
@@ -992,10 +994,7 @@ def _refine_z_thick(recs, dz, thickness, s, sweeps: int = 3) -> None:
     (their amplitudes free, their centres from the previous sweep). The search stays within
     ``z_fit_reach_slices`` of the seed's centroid z. Seeds lying mostly along z keep the
     centroid: their profile is the slice profile convolved with 4.5 mm and their neighbours overlap it."""
-    by_parent: dict[int, list[dict]] = {}
-    for r in recs:
-        by_parent.setdefault(id(r["b"]["parent"]), []).append(r)
-    for group in by_parent.values():
+    for group in _by_component(recs):
         pts, w = group[0]["b"]["parent"]
         ks_all = np.round(pts[:, 2] / dz).astype(int)
         fit = [r for r in group if abs(r["axis"][2]) < 0.6]

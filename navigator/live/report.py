@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from navigator.live import steps
 from navigator.report import html as h
 
 
@@ -63,7 +64,7 @@ def _replans(live) -> list[tuple]:
     for rp in list(live.facts.replans):
         ap = next((a for a in live.facts.approvals if a["replan"] == rp["n"]), None)
         try:
-            r = json.loads((Path(rp["dir"]) / "replan.json").read_text())
+            r = steps.read_json(Path(rp["dir"]) / "replan.json")
         except (OSError, ValueError):
             continue
         ms = [r.get(k) or {} for k in ("metrics_preplan", "metrics_as_placed", "metrics_replan")]

@@ -74,6 +74,20 @@ class CohortSpec:
         if bad:
             raise ValueError(f"unknown broken kind(s) {sorted(bad)}: truncated_ct, no_target, no_structures")
 
+    def response_probability(self, d90_gy):
+        """The true dose-response: probability of a response at ``d90_gy`` (logistic around the cut-off)."""
+        return 1.0 / (1.0 + np.exp(-(np.asarray(d90_gy, float) - self.cutoff_d90_gy) / self.response_width_gy))
+
+    def population_youden_cutoff_gy(self) -> float:
+        """The Youden cut-off of the whole population (D90 uniform over ``d90_range`` x cut-off): where the
+        response probability equals the prevalence (there d/dt of TPR - FPR vanishes). Not the logistic
+        midpoint when the D90 range is not symmetric about it (100.9 Gy for the defaults)."""
+        from scipy.optimize import brentq
+
+        lo, hi = (f * self.cutoff_d90_gy for f in self.d90_range)
+        prevalence = float(self.response_probability(np.linspace(lo, hi, 20001)).mean())
+        return float(brentq(lambda t: self.response_probability(t) - prevalence, lo, hi))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -193,7 +207,7 @@ def make_study(spec: CohortSpec, index: int) -> SyntheticStudy:
         keep = [k for k in range(len(seeds)) if k not in set(order[:removed])]
     d90 = d90_of(sk * a[:, keep].sum(1), w, vcc)
 
-    p = 1.0 / (1.0 + math.exp(-(d90 - spec.cutoff_d90_gy) / spec.response_width_gy))
+    p = float(spec.response_probability(d90))
     response = int(rng.uniform() < p)
     rate = spec.baseline_hazard_per_month * (spec.hazard_ratio_below if d90 < spec.cutoff_d90_gy else 1.0)
     t_event = float(rng.exponential(1.0 / rate))

@@ -105,16 +105,15 @@ def test_the_cut_off_interval_holds_the_true_cut_off_in_small_cohorts():
     the response probability equals the prevalence (d/dt of TPR - FPR vanishes there), 100.9 Gy here. The plain
     percentile bootstrap held it in 75 % of such cohorts (bench_cohort --coverage); the smoothed one must hold it
     in at least 85 % (measured 93 % over 100 cohorts)."""
-    from scipy.optimize import brentq
+    from simulators.cohort import CohortSpec
 
-    p = lambda d: 1 / (1 + np.exp(-(d - 100.0) / 5.0))                         # noqa: E731
-    grid = np.linspace(50, 160, 20001)
-    prevalence = p(grid).mean()
-    truth = brentq(lambda t: p(t) - prevalence, 50, 160)
+    spec = CohortSpec(cutoff_d90_gy=100.0, response_width_gy=5.0, d90_range=(0.5, 1.6))
+    truth = spec.population_youden_cutoff_gy()
+    assert abs(truth - 100.9) < 0.05
     rng, hits, used = np.random.default_rng(5), 0, 0
     while used < 40:
         d90 = rng.uniform(50, 160, 12)
-        y = (rng.uniform(size=12) < p(d90)).astype(int)
+        y = (rng.uniform(size=12) < spec.response_probability(d90)).astype(int)
         if min(y.sum(), 12 - y.sum()) < 2:
             continue
         lo, hi = stats.roc_analysis(y, d90, 200, seed=used)["youden_cutoff_ci95_gy"]
